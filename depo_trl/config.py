@@ -1,0 +1,102 @@
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .losses import IW_REDUCTIONS
+
+
+# (rollout_context, distillation) -> what the paper calls it. Every comparison in the paper runs through this table.
+VALID_COMBINATIONS: dict[tuple[str, str], str] = {
+    ("short", "kd"): "DePO",
+    ("short", "iw"): "DePO-IW",
+    ("short", "none"): "RL on short contexts (baseline 'Short')",
+    ("long", "none"): "RL on long contexts (baseline 'Long')",
+    ("mixed", "none"): "RL on short or long contexts per prompt (baseline 'Short-Long')",
+}
+
+
+@dataclass
+class DePOConfig(GRPOConfig):
+    r"""
+    Configuration class for the [`DePOTrainer`].
+
+    DePO samples rollouts from a short context, trains on them with GRPO/DAPO/GSPO (every [`~trl.GRPOConfig`] field
+    applies unchanged), and distils the correct rollouts into the same policy conditioned on the long context. The same
+    class configures the paper's baselines through `rollout_context` and `distillation`.
+
+    Parameters:
+        rollout_context (`str`, *optional*, defaults to `"short"`):
+            Prompt the rollouts are sampled from: `"short"` (the `prompt` column), `"long"` (the `long_prompt` column)
+            or `"mixed"` (per prompt group, short or long with probability 1/2, seeded per row and step).
+        distillation (`str`, *optional*, defaults to `"kd"`):
+            Long-context term: `"kd"` (conditional distillation of correct rollouts, DePO), `"iw"` (importance-weighted
+            off-policy RL on the long context, DePO-IW) or `"none"` (plain RL, for the baselines).
+        distillation_coef (`float`, *optional*, defaults to `1.0`):
+            Weight lambda of the long-context term in `J = J_PX + lambda * J_KD`.
+        distillation_reward_threshold (`float`, *optional*, defaults to `1.0`):
+            Rollouts whose (weighted, summed) reward is at least this value are distilled (`distillation="kd"`).
+        max_long_prompt_length (`int`, *optional*):
+            If set, rows whose rendered long prompt has more tokens are dropped before training, with one warning.
+    """
+
+    rollout_context: str = field(
+        default="short",
+        metadata={
+            "help": "Prompt the rollouts are sampled from: 'short' (the `prompt` column), 'long' (the `long_prompt` "
+            "column) or 'mixed' (per prompt group, short or long with probability 1/2, seeded per row and step).",
+            "choices": ["short", "long", "mixed"],
+        },
+    )
+    distillation: str = field(
+        default="kd",
+        metadata={
+            "help": "Long-context term: 'kd' (conditional distillation of the correct short-context rollouts into "
+            "the long context, DePO), 'iw' (importance-weighted off-policy RL on the long context, DePO-IW) or 'none' "
+            "(plain RL, for the baselines).",
+            "choices": ["kd", "iw", "none"],
+        },
+    )
+    distillation_coef: float = field(
+        default=1.0,
+        metadata={"help": "Weight lambda of the long-context term: J = J_PX + lambda * J_KD. The paper uses 1.0."},
+    )
+    distillation_reward_threshold: float = field(
+        default=1.0,
+        metadata={
+            "help": "Rollouts whose reward (weighted sum over the reward functions) is at least this value are "
+            "distilled into the long context. 1.0 with the `em` reward means exact match."
+        },
+    )
+    max_long_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "If set, rows whose long prompt, rendered with the chat template, has more tokens than this are "
+            "dropped before training (one warning says how many); it is an error if no row remains."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        combination = (self.rollout_context, self.distillation)
+        if combination not in VALID_COMBINATIONS:
+            valid = "; ".join(
+                f"rollout_context={r!r}, distillation={d!r} ({name})" for (r, d), name in VALID_COMBINATIONS.items()
+            )
+            raise ValueError(
+                f"rollout_context={self.rollout_context!r} with distillation={self.distillation!r} is not a DePO "
+                f"configuration. The valid combinations are: {valid}."
+            )
+        if self.distillation_coef < 0:
+            raise ValueError(f"distillation_coef must be >= 0, got {self.distillation_coef}.")
+        if self.distillation == "iw" and self.loss_type not in IW_REDUCTIONS:
+            raise ValueError(
+                f"distillation='iw' follows the proxy's token normalisation, which is defined for loss_type in "
+                f"{IW_REDUCTIONS}; got loss_type={self.loss_type!r}."
+            )
+        if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
+            raise ValueError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
+
+    @property
+    def uses_long_prompt(self) -> bool:
+        """Whether training needs the dataset's `long_prompt` column."""
+        return self.distillation != "none" or self.rollout_context != "short"
