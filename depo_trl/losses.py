@@ -95,7 +95,9 @@ def importance_weighted_loss(
     rows; `"bnpo"` and `"dapo"` divide the masked token sum by `normalizer` (default: the number of masked tokens).
     """
     if loss_type not in IW_REDUCTIONS:
-        raise ValueError(f"Unknown loss_type {loss_type!r} for the importance-weighted loss: use one of {IW_REDUCTIONS}.")
+        raise ValueError(
+            f"Unknown loss_type {loss_type!r} for the importance-weighted loss: use one of {IW_REDUCTIONS}."
+        )
     log_weights = importance_log_weights(long_logps, old_short_logps, completion_mask, level)
     ratio = torch.exp(log_weights)
     clipped_ratio = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)

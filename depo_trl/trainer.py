@@ -313,7 +313,12 @@ class DePOTrainer(GRPOTrainer):
             long_logps = self._long_context_logps(model, inputs, rows)
             short_logps, loss_mask, rewards = short_logps[rows], loss_mask[rows], rewards[rows]
             loss = conditional_kd_loss(
-                long_logps, short_logps, loss_mask, rewards, args.distillation_reward_threshold, global_token_normalizer
+                long_logps,
+                short_logps,
+                loss_mask,
+                rewards,
+                args.distillation_reward_threshold,
+                global_token_normalizer,
             )
             token_weights = distillation_mask(loss_mask, rewards, args.distillation_reward_threshold)
             loss_metric = loss * accumulation

@@ -19,7 +19,7 @@ NAMES = ["alba", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo"]
 CITIES = ["paris", "rome", "oslo", "lima", "kyoto", "cairo", "quito", "perth"]
 TEMPLATE_WORDS = (
     "Please read the following text and answer the question below . Passage : was born in Where "
-    "? Therefore , the answer is Format your response as follows \" ( insert answer here ) \" < text > / "
+    '? Therefore , the answer is Format your response as follows " ( insert answer here ) " < text > / '
     "Question 1 2 3 4 5 6 7 8 9 10 11 12"
 )
 

@@ -1,0 +1,35 @@
+import pytest
+
+from depo_trl import VALID_COMBINATIONS, DePOConfig
+
+
+def config(**kwargs):
+    return DePOConfig(output_dir="unused", report_to="none", use_cpu=True, **kwargs)
+
+
+@pytest.mark.parametrize(("rollout_context", "distillation"), list(VALID_COMBINATIONS))
+def test_valid_combinations(rollout_context, distillation):
+    args = config(rollout_context=rollout_context, distillation=distillation)
+    assert args.uses_long_prompt == (distillation != "none" or rollout_context != "short")
+
+
+@pytest.mark.parametrize(("rollout_context", "distillation"), [("long", "kd"), ("mixed", "iw"), ("medium", "kd")])
+def test_invalid_combinations_list_the_valid_ones(rollout_context, distillation):
+    with pytest.raises(ValueError, match="valid combinations are") as error:
+        config(rollout_context=rollout_context, distillation=distillation)
+    assert "rollout_context='short', distillation='iw' (DePO-IW)" in str(error.value)
+
+
+def test_other_bad_values():
+    with pytest.raises(ValueError, match="distillation_coef"):
+        config(distillation_coef=-1.0)
+    with pytest.raises(ValueError, match="loss_type"):
+        config(distillation="iw", loss_type="cispo")
+    with pytest.raises(ValueError, match="max_long_prompt_length"):
+        config(max_long_prompt_length=0)
+
+
+def test_defaults_are_depo():
+    args = config()
+    assert (args.rollout_context, args.distillation, args.distillation_coef) == ("short", "kd", 1.0)
+    assert args.distillation_reward_threshold == 1.0

@@ -1,0 +1,130 @@
+"""DePO's loss functions against values worked out by hand (DESIGN.md section 1)."""
+
+import math
+
+import pytest
+import torch
+
+from depo_trl.losses import (
+    conditional_kd_loss,
+    importance_clip_mask,
+    importance_log_weights,
+    importance_weighted_loss,
+)
+
+
+def kd_inputs():
+    long_logps = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -0.5]], requires_grad=True)
+    short_logps = torch.tensor([[-0.5, -1.0, -9.0], [-1.0, -1.0, -1.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    return long_logps, short_logps, mask
+
+
+def test_kd_loss_averages_the_gap_over_tokens_of_correct_rollouts():
+    long_logps, short_logps, mask = kd_inputs()
+    loss = conditional_kd_loss(long_logps, short_logps, mask, torch.tensor([1.0, 0.0]))
+    # Row 0 passes; its two unmasked gaps are -0.5 - (-1.0) = 0.5 and -1.0 - (-2.0) = 1.0.
+    assert loss.item() == pytest.approx((0.5 + 1.0) / 2)
+    loss.backward()
+    expected_grad = torch.tensor([[-0.5, -0.5, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(long_logps.grad, expected_grad)
+    assert short_logps.grad is None  # the short-context teacher is frozen
+
+
+def test_kd_loss_uses_the_given_normalizer_and_threshold():
+    long_logps, short_logps, mask = kd_inputs()
+    loss = conditional_kd_loss(long_logps, short_logps, mask, torch.tensor([0.7, 0.9]), threshold=0.8, normalizer=10)
+    # Only row 1 passes 0.8: three gaps of -1.0 - (-0.5) = -0.5, summed, over 10.
+    assert loss.item() == pytest.approx(-1.5 / 10)
+
+
+@pytest.mark.parametrize("rewards", [[0.0, 0.5], [float("nan"), 0.0]])
+def test_kd_loss_is_exactly_zero_without_correct_rollouts(rewards):
+    long_logps, short_logps, mask = kd_inputs()
+    loss = conditional_kd_loss(long_logps, short_logps, mask, torch.tensor(rewards))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(long_logps.grad, torch.zeros_like(long_logps))
+
+
+def test_kd_loss_ignores_non_finite_values_on_masked_tokens():
+    long_logps, short_logps, mask = kd_inputs()
+    long_logps = long_logps.detach().clone()
+    long_logps[0, 2] = float("-inf")
+    loss = conditional_kd_loss(long_logps, short_logps, mask, torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(0.75)
+
+
+RATIOS = [[1.5, 0.5, 1.1], [0.7, 1.3, 1.0]]
+IW_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+ADVANTAGES = torch.tensor([1.0, -2.0])
+
+
+def iw_inputs():
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.2, -3.0]])
+    long_logps = (old + torch.log(torch.tensor(RATIOS))).requires_grad_(True)
+    return long_logps, old
+
+
+def test_iw_token_level_grpo_reduction_with_clipping_on_both_sides():
+    long_logps, old = iw_inputs()
+    loss = importance_weighted_loss(long_logps, old, ADVANTAGES, IW_MASK, 0.2, 0.2, "token", "grpo")
+    # Row 0, A=+1: ratio 1.5 clips at 1.2, 0.5 stays (below 0.8 but the advantage is positive), 1.1 stays.
+    row0 = -(min(1.5, 1.2) + min(0.5, 0.8) + min(1.1, 1.2)) / 3
+    # Row 1, A=-2: min(0.7 * -2, 0.8 * -2) = -1.6 (clipped low); min(1.3 * -2, 1.2 * -2) = -2.6 (unclipped).
+    row1 = (1.6 + 2.6) / 2
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    loss.backward()
+    # d/dlogp of -w*A is -A*w where the clip does not bind, 0 where it does; grpo weights 1/(tokens*rows).
+    expected = torch.tensor([[0.0, -0.5 / 6, -1.1 / 6], [0.0, 2.6 / 4, 0.0]])
+    torch.testing.assert_close(long_logps.grad, expected)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo"])
+def test_iw_token_sum_reduction(loss_type):
+    long_logps, old = iw_inputs()
+    token_sum = -(1.2 + 0.5 + 1.1) + (1.6 + 2.6)
+    loss = importance_weighted_loss(long_logps, old, ADVANTAGES, IW_MASK, loss_type=loss_type)
+    assert loss.item() == pytest.approx(token_sum / 5, rel=1e-6)
+    loss = importance_weighted_loss(long_logps, old, ADVANTAGES, IW_MASK, loss_type=loss_type, normalizer=7.0)
+    assert loss.item() == pytest.approx(token_sum / 7, rel=1e-6)
+
+
+def test_iw_sequence_level_uses_the_geometric_mean_ratio():
+    long_logps, old = iw_inputs()
+    loss = importance_weighted_loss(long_logps, old, ADVANTAGES, IW_MASK, 0.01, 0.01, "sequence", "grpo")
+    ratio0 = (1.5 * 0.5 * 1.1) ** (1 / 3)  # 0.938, A > 0: below 1 - eps, so the clip does not bind
+    ratio1 = (0.7 * 1.3) ** (1 / 2)  # 0.954, A < 0: clipped to 0.99
+    expected = (-min(ratio0 * 1.0, 0.99 * 1.0) + -min(ratio1 * -2.0, 0.99 * -2.0)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # Row 0: d(-s*A)/dlogp_t = -A * s / n_tokens, then the mean over 2 rows. Row 1 is clipped: no gradient.
+    expected_grad = torch.tensor([[-ratio0 / 3 / 2] * 3, [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(long_logps.grad, expected_grad)
+
+
+def test_iw_zero_advantages_give_zero_loss_and_no_nan():
+    long_logps, old = iw_inputs()
+    loss = importance_weighted_loss(long_logps, old, torch.zeros(2), IW_MASK)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(long_logps.grad, torch.zeros_like(long_logps))
+
+
+def test_importance_weights_and_clip_mask():
+    long_logps, old = iw_inputs()
+    token_weights = importance_log_weights(long_logps, old, IW_MASK, "token")
+    torch.testing.assert_close(token_weights.exp(), torch.tensor(RATIOS))
+    sequence_weights = importance_log_weights(long_logps, old, IW_MASK, "sequence")
+    assert sequence_weights.shape == (2, 1)
+    assert sequence_weights[1, 0].item() == pytest.approx(math.log(0.7 * 1.3) / 2, rel=1e-6)
+    clipped = importance_clip_mask(token_weights, ADVANTAGES, 0.2, 0.2)
+    assert clipped.tolist() == [[True, False, False], [True, False, False]]
+
+
+def test_bad_arguments_fail_clearly():
+    long_logps, old = iw_inputs()
+    with pytest.raises(ValueError, match="loss_type"):
+        importance_weighted_loss(long_logps, old, ADVANTAGES, IW_MASK, loss_type="cispo")
+    with pytest.raises(ValueError, match="importance sampling level"):
+        importance_weighted_loss(long_logps, old, ADVANTAGES, IW_MASK, level="segment")
