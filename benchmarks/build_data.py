@@ -1,0 +1,69 @@
+"""Data-builder throughput at the paper's budgets (short 1536 / long 15360 tokens) with a real BPE tokenizer.
+
+    python benchmarks/build_data.py [--tokenizer DIR] [--input FILE] [--repeat N]
+
+Defaults: the Qwen2 tokenizer and the 100-record MuSiQue sample in ../shared/data (see SOURCES.md there), falling
+back to the repository's fixtures and a byte-level BPE trained here on them. `--repeat` builds the rows N times under
+different ids, to time more rows over the same paragraph pool. Prints rows per second (a benchmark, not a test).
+"""
+
+import argparse
+import os
+import time
+
+from tokenizers import ByteLevelBPETokenizer
+from transformers import PreTrainedTokenizerFast
+
+from depo_trl.data.builder import ContextBuilder, length_statistics
+from depo_trl.data.sources import adapt, read_records
+from depo_trl.model_utils import CHATML_TEMPLATE, load_tokenizer
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+
+
+def local_bpe(texts: list[str]) -> PreTrainedTokenizerFast:
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=8000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", default=os.path.join(SHARED, "tokenizers", "qwen2-1.5b-instruct"))
+    parser.add_argument("--input", default=os.path.join(SHARED, "real", "musique_sample.jsonl"))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not os.path.isfile(args.input):
+        args.input = os.path.join(ROOT, "tests", "fixtures", "musique_sample.jsonl")
+    examples, _ = adapt("musique", read_records(args.input))
+    if os.path.isdir(args.tokenizer):
+        tokenizer, tokenizer_name = load_tokenizer(args.tokenizer), args.tokenizer
+    else:
+        texts = [p.text for example in examples for p in (*example.gold, *example.own_distractors)]
+        tokenizer, tokenizer_name = local_bpe(texts), "byte-level BPE trained on the input"
+
+    start = time.perf_counter()
+    builder = ContextBuilder(tokenizer, examples, short_budget=1536, long_budget=15360, seed=0)
+    pool_seconds = time.perf_counter() - start
+    batch = [
+        type(example)(f"{example.id}#{copy}", example.question, example.answers, example.gold, example.own_distractors)
+        for copy in range(args.repeat)
+        for example in examples
+    ]
+    start = time.perf_counter()
+    rows, report = builder.build(batch, show_progress=False)
+    build_seconds = time.perf_counter() - start
+    print(f"tokenizer: {tokenizer_name}")
+    print(f"input: {args.input} ({len(examples)} records, pool of {len(builder.pool)} paragraphs)")
+    print(f"pool token counting: {pool_seconds:.2f} s")
+    print(f"statistics: {length_statistics(rows)} skipped: {report.skipped}")
+    print(f"built {len(rows)} rows in {build_seconds:.2f} s")
+    print(f"rows_per_second={len(rows) / build_seconds:.1f}")
+
+
+if __name__ == "__main__":
+    main()

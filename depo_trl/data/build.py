@@ -1,0 +1,80 @@
+"""Build DePO training data: `python -m depo_trl.data.build --source musique --input PATH_OR_HUB_ID ...`.
+
+Writes a `datasets.DatasetDict` (one split) loadable with `datasets.load_from_disk(output_dir)`, and `stats.json`
+beside it with the paper's Table 1 statistics and the skipped rows by reason.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from datasets import Dataset, DatasetDict
+
+from ..model_utils import load_tokenizer
+from .builder import ContextBuilder, format_statistics, length_statistics
+from .sources import SOURCES, adapt, read_records
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m depo_trl.data.build", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="Format of the input records.")
+    parser.add_argument("--input", required=True, help="A local .jsonl/.json file, or a Hub dataset id.")
+    parser.add_argument("--split", default="train", help="Split to read from a Hub dataset, and to write.")
+    parser.add_argument("--config-name", default=None, help="Hub dataset config (e.g. 'distractor' for HotpotQA).")
+    parser.add_argument("--tokenizer", required=True, help="Tokenizer (Hub id or path) the budgets are counted with.")
+    parser.add_argument("--short-budget", type=int, default=1536, help="Max tokens of the rendered short prompt.")
+    parser.add_argument("--long-budget", type=int, default=15360, help="Max tokens of the rendered long prompt.")
+    parser.add_argument("--num-samples", type=int, default=None, help="Build at most this many rows (input order).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of every random choice (distractors, order).")
+    parser.add_argument("--output-dir", required=True, help="Where to save the dataset and stats.json.")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="Also push the dataset to this repo.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    return parser.parse_args(argv)
+
+
+def build_dataset(args: argparse.Namespace) -> tuple[DatasetDict, dict]:
+    """Run the whole build; returns the dataset and the statistics written to stats.json."""
+    tokenizer = load_tokenizer(args.tokenizer)
+    examples, skipped = adapt(args.source, read_records(args.input, args.split, args.config_name))
+    if not examples:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.items()) or "the input is empty"
+        raise ValueError(f"No usable row in {args.input} as --source {args.source} ({reasons}).")
+    builder = ContextBuilder(tokenizer, examples, args.short_budget, args.long_budget, args.seed)
+    selected = examples if args.num_samples is None else examples[: args.num_samples]
+    rows, report = builder.build(selected, show_progress=not args.no_progress)
+    for reason, count in skipped.items():
+        report.skipped[reason] = report.skipped.get(reason, 0) + count
+    if not rows:
+        raise ValueError(f"No row could be built: {report.skipped}. Raise --short-budget or check the input.")
+    stats = {
+        **length_statistics(rows),
+        "skipped": report.skipped,
+        "source": args.source,
+        "input": args.input,
+        "tokenizer": args.tokenizer,
+        "short_budget": args.short_budget,
+        "long_budget": args.long_budget,
+        "seed": args.seed,
+    }
+    return DatasetDict({args.split: Dataset.from_list(rows)}), stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        dataset, stats = build_dataset(args)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    dataset.save_to_disk(args.output_dir)
+    with open(os.path.join(args.output_dir, "stats.json"), "w", encoding="utf-8") as handle:
+        json.dump(stats, handle, indent=2)
+    print(format_statistics(stats, stats["skipped"]))
+    print(f"Saved {stats['count']} rows to {args.output_dir} (load with datasets.load_from_disk).")
+    if args.push_to_hub:
+        dataset.push_to_hub(args.push_to_hub)
+        print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    main()
