@@ -1,4 +1,4 @@
-.PHONY: install test quality style demo clean
+.PHONY: install test quality style demo clean tiny-assets vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -33,3 +33,29 @@ style: install
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+
+tiny-assets: install  ## regenerate recipes/tiny/assets (tiny random Qwen2 + toy-world rows)
+	$(BIN)/python -c "from depo_trl.data.synthetic import write_tiny_assets; write_tiny_assets('recipes/tiny/assets')"
+
+# ---- GPU launches (see README "Launching on GPUs" and recipes/README.md) ------------------------------------------
+RECIPE ?= recipes/qwen2.5-7b-instruct/depo-grpo.yaml
+ACCELERATE_CONFIG ?= accelerate_configs/zero3.yaml
+NUM_GPUS ?= 8
+VLLM_GPUS ?= 0
+TRAIN_GPUS ?= 1,2,3,4,5,6,7
+VLLM_PORT ?= 8000
+VLLM_GROUP_PORT ?= 51216
+comma := ,
+num_train_gpus = $(words $(subst $(comma), ,$(TRAIN_GPUS)))
+
+train: install  ## single node, vLLM colocated on all GPUs (the recipes' default)
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_GPUS) \
+		depo_trl/depo.py --config $(RECIPE)
+
+vllm-serve: install  ## the vLLM server for RECIPE on VLLM_GPUS (keep it running in its own shell)
+	CUDA_VISIBLE_DEVICES=$(VLLM_GPUS) $(BIN)/python -m depo_trl.vllm_server --config $(RECIPE) --port $(VLLM_PORT)
+
+train-with-server: install  ## training on TRAIN_GPUS against the server started by `make vllm-serve`
+	CUDA_VISIBLE_DEVICES=$(TRAIN_GPUS) $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) \
+		--num_processes $(num_train_gpus) depo_trl/depo.py --config $(RECIPE) \
+		--use_vllm true --vllm_mode server --vllm_server_port $(VLLM_PORT) --vllm_group_port $(VLLM_GROUP_PORT)

@@ -9,11 +9,13 @@ Generation, rewards, advantages and the proxy loss are TRL's, untouched. This su
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from transformers.utils import logging
 from trl import GRPOTrainer
@@ -66,6 +68,37 @@ def _datasets_by_split(train_dataset, eval_dataset) -> Iterator[tuple[str, Datas
             yield f"eval ({name})", dataset
     elif eval_dataset is not None:
         yield "eval", eval_dataset
+
+
+_MODEL_CARD_SETTINGS = (
+    "rollout_context",
+    "distillation",
+    "distillation_coef",
+    "distillation_reward_threshold",
+    "loss_type",
+    "importance_sampling_level",
+    "epsilon",
+    "epsilon_high",
+    "beta",
+    "num_generations",
+    "temperature",
+    "learning_rate",
+    "max_completion_length",
+)
+
+
+def depo_model_card_section(args: DePOConfig, paper_title: str, recipe: str | None = None) -> str:
+    """Markdown appended to the model card: the method, the DePO settings of the run, and its recipe."""
+    rows = "\n".join(f"| `{name}` | `{getattr(args, name)}` |" for name in _MODEL_CARD_SETTINGS)
+    section = (
+        f"\n## DePO\n\nThis model was trained with DePO, from *{paper_title}*: GRPO-family RL on rollouts sampled "
+        "from a short context (gold documents and a few distractors), plus the distillation of those rollouts into "
+        "the same policy conditioned on a long context (many more distractors).\n\n"
+        f"| setting | value |\n|---|---|\n{rows}\n"
+    )
+    if recipe:
+        section += f"\n### Recipe\n\n```yaml\n{recipe.rstrip()}\n```\n"
+    return section
 
 
 class DePOTrainer(GRPOTrainer):
@@ -124,6 +157,8 @@ class DePOTrainer(GRPOTrainer):
                     )
         self._policy_logps_sink: list[torch.Tensor] | None = None
         self._rollout_rewards: torch.Tensor | None = None
+        # YAML of the recipe the run was launched with, if any; the model card reproduces it.
+        self.recipe: str | None = None
         super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
 
         if args.uses_long_prompt and args.max_long_prompt_length is not None:
@@ -135,6 +170,14 @@ class DePOTrainer(GRPOTrainer):
                 }
             elif self.eval_dataset is not None:
                 self.eval_dataset = self._drop_overlong_rows(self.eval_dataset, "eval")
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, plus the DePO settings of the run and the recipe it was launched with."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as handle:
+            handle.write(depo_model_card_section(self.args, self._paper["title"], self.recipe))
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -204,7 +247,18 @@ class DePOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(self._rollout_inputs(inputs))
+        rollout_inputs = self._rollout_inputs(inputs)
+        if rollout_inputs is not inputs:
+            contexts = ["short" if rollout is row else "long" for rollout, row in zip(rollout_inputs, inputs)]
+            self._log_completion_extra("rollout_context", contexts)
+        output = super()._generate_and_score_completions(rollout_inputs)
+        if rollout_inputs is not inputs:
+            # TRL logged the prompts the rollouts came from; log the short ones, so long prompts never fill the logs
+            short_prompts = gather_object([row["prompt"] for row in inputs])
+            logged = self._logs["prompt"]
+            for _ in range(min(len(short_prompts), len(logged))):
+                logged.pop()
+            logged.extend(short_prompts)
         process_index = self.accelerator.process_index
         all_rewards = self._rollout_rewards
         output["rewards"] = all_rewards[process_index * len(inputs) : (process_index + 1) * len(inputs)]

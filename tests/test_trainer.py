@@ -224,3 +224,11 @@ def test_rollouts_come_from_the_configured_context(tiny_model_dir, tiny_dataset,
         assert set(kinds) == {"long"}
     else:
         assert set(kinds) == {"long", "short"}
+
+
+def test_completion_logs_keep_the_short_prompt_when_rollouts_use_the_long_one(tiny_model_dir, tiny_dataset, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, rollout_context="long", distillation="none")
+    generation_batch(trainer, tiny_dataset, num_prompts=1)
+    short_prompts = [tiny_dataset[0]["prompt"]] * NUM_GENERATIONS
+    assert list(trainer._logs["prompt"]) == short_prompts
+    assert list(trainer._logs["extra"]["rollout_context"]) == ["long"] * len(short_prompts)

@@ -1,0 +1,67 @@
+"""Start the vLLM generation server for a DePO recipe (server mode), on GPUs the training does not use.
+
+    CUDA_VISIBLE_DEVICES=0 python -m depo_trl.vllm_server --config recipes/qwen2.5-7b-instruct/depo-grpo.yaml
+
+The command is TRL 1.16's (`trl.scripts.vllm_serve.build_command`: `vllm serve` with the NCCL weight-transfer engine
+and processed log-probs), with the model, revision, dtype and `--max-model-len` taken from the recipe and prefix
+caching on: every rollout of a prompt shares its prefix. DePO only samples from short prompts, so the recipe's
+`vllm_max_model_length` is the short budget plus `max_completion_length`, not the long context. Extra arguments after
+`--` go to `vllm serve` unchanged. `--dry-run` prints the command instead of running it.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+import yaml
+from trl.scripts.vllm_serve import ScriptArguments as VLLMServeArguments
+from trl.scripts.vllm_serve import build_command
+
+
+def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]) -> list[str]:
+    """The `vllm serve` command line for `recipe` (a parsed YAML recipe)."""
+    if not recipe.get("model_name_or_path"):
+        raise ValueError("The recipe has no `model_name_or_path`.")
+    serve_args = VLLMServeArguments(
+        model=recipe["model_name_or_path"],
+        revision=recipe.get("model_revision"),
+        tensor_parallel_size=args.tensor_parallel_size,
+        host=args.host,
+        port=args.port,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        dtype=str(recipe.get("dtype") or "auto"),
+        max_model_len=args.max_model_len or recipe.get("vllm_max_model_length"),
+        enable_prefix_caching=True,
+        trust_remote_code=bool(recipe.get("trust_remote_code", False)),
+    )
+    return build_command(serve_args, extra_args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m depo_trl.vllm_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="The DePO recipe the trainer will run.")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000, help="Must match the trainer's `vllm_server_port`.")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--max-model-len", type=int, default=None, help="Overrides the recipe's value.")
+    parser.add_argument("--dry-run", action="store_true", help="Print the command and exit.")
+    args = parser.parse_args(argv)
+    with open(args.config, encoding="utf-8") as handle:
+        recipe = yaml.safe_load(handle)
+    command = server_command(recipe, args, extra_args)
+    printable = shlex.join(["VLLM_SERVER_DEV_MODE=1", "vllm", *command[command.index("serve") :]])
+    if args.dry_run:
+        print(printable)
+        return
+    print(f"Starting: {printable}", flush=True)
+    # The weight-transfer endpoints the trainer syncs through are behind vLLM's dev mode.
+    os.execve(sys.executable, command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"})
+
+
+if __name__ == "__main__":
+    main()

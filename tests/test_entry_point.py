@@ -1,0 +1,130 @@
+"""The training entry point, its recipes, and the vLLM server launcher."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM
+
+from depo_trl import VALID_COMBINATIONS
+from depo_trl.data.synthetic import build_toy_tokenizer, generate_rows
+from depo_trl.depo import main, parse_recipe
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.vllm_server import main as vllm_server_main
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True))
+TINY_RECIPE = os.path.join(ROOT, "recipes", "tiny", "depo.yaml")
+
+
+def test_there_is_a_recipe_per_run_of_the_paper():
+    names = {os.path.relpath(path, os.path.join(ROOT, "recipes")) for path in RECIPES}
+    for algorithm in ("grpo", "dapo", "gspo"):
+        for arm in ("depo", "short", "long", "short-long"):
+            assert f"qwen2.5-7b-instruct/{arm}-{algorithm}.yaml" in names
+    assert {"qwen2.5-7b-instruct/depo-iw-dapo.yaml", "qwen2.5-7b-instruct/depo-iw-gspo.yaml"} <= names
+    for model in ("qwen2.5-3b-instruct", "llama-3.2-3b-instruct", "llama-3.1-8b-instruct"):
+        assert {f"{model}/{arm}-grpo.yaml" for arm in ("depo", "short", "long", "short-long")} <= names
+    assert {f"tiny/{arm}.yaml" for arm in ("depo", "depo-iw", "short", "long", "short-long")} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda path: os.path.relpath(path, ROOT))
+def test_every_recipe_parses_without_unknown_keys(path):
+    # GPU recipes ask for bf16, which transformers refuses on a CPU-only machine unless told to use the CPU.
+    script_args, training_args, model_args, recipe_path = parse_recipe(["--config", path, "--use_cpu", "true"])
+    assert recipe_path == path
+    assert (training_args.rollout_context, training_args.distillation) in VALID_COMBINATIONS
+    assert model_args.model_name_or_path and script_args.dataset_name
+    assert script_args.reward_funcs == ["em"]
+    with open(path) as handle:
+        keys = set(yaml.safe_load(handle))
+    assert "output_dir" in keys
+
+
+def test_unknown_recipe_keys_are_rejected(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model_name_or_path: x\ndataset_name: y\nuse_cpu: true\ndistilation: kd\n")
+    with pytest.raises(ValueError, match="distilation"):
+        parse_recipe(["--config", str(recipe)])
+
+
+def tiny_args(tmp_path, *overrides):
+    return parse_recipe(["--config", TINY_RECIPE, "--output_dir", str(tmp_path / "run"), *overrides])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--reward_funcs", "exact_match"], "Unknown reward function 'exact_match'"),
+        (["--dataset_name", "./data/missing_depo"], "does not exist. Build it"),
+        (["--dataset_name", "data/missing.jsonl"], "does not exist. Build the data"),
+        (["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", "9"], "no vLLM server answers"),
+    ],
+)
+def test_bad_configuration_fails_fast_with_what_to_do(tmp_path, overrides, message):
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        main(*tiny_args(tmp_path, *overrides))
+    assert time.monotonic() - start < 30
+
+
+def launch_tiny(tmp_path, *overrides):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+        os.path.join(ROOT, "depo_trl", "depo.py"), "--config", TINY_RECIPE,
+        "--output_dir", str(tmp_path / "run"), *overrides,
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_tiny_recipe_trains_on_two_processes_saves_and_resumes(tmp_path):
+    # `--multi_gpu` on a machine without CUDA is torchrun with gloo; `--cpu` alone would start a single process.
+    launch_tiny(tmp_path)
+    run = tmp_path / "run"
+    model = AutoModelForCausalLM.from_pretrained(run)
+    tokenizer = load_tokenizer(str(run))
+    assert model.config.vocab_size == len(tokenizer)
+    assert tokenizer("Where was Bupus born ?")["input_ids"][-1] != tokenizer.unk_token_id
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    step_logs = [log for log in state["log_history"] if "loss" in log]
+    assert all(
+        {"depo/kd_loss", "depo/kd_fraction", "depo/kd_tokens", "depo/logp_gap"} <= set(log) for log in step_logs
+    )
+    card = (run / "README.md").read_text()
+    assert "- depo" in card and "## DePO" in card and "distillation: kd" in card
+
+    output = launch_tiny(tmp_path, "--max_steps", "6")
+    assert "Resuming from" in output and "checkpoint-4" in output
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert [log["step"] for log in state["log_history"] if "loss" in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_vllm_server_command_is_sized_for_short_prompts(capsys):
+    vllm_server_main(
+        ["--config", os.path.join(ROOT, "recipes/qwen2.5-7b-instruct/depo-grpo.yaml"), "--port", "8011", "--dry-run"]
+    )
+    command = capsys.readouterr().out
+    assert command.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve Qwen/Qwen2.5-7B-Instruct")
+    assert "--max-model-len 2560" in command and "--enable-prefix-caching" in command and "--port 8011" in command
+    assert "--weight-transfer-config" in command
+
+
+def test_shipped_tiny_assets_match_their_generator():
+    assets = os.path.join(ROOT, "recipes", "tiny", "assets")
+    assert load_tokenizer(os.path.join(assets, "model")).get_vocab() == build_toy_tokenizer().get_vocab()
+    with open(os.path.join(assets, "toy_world.jsonl")) as handle:
+        shipped = [json.loads(line) for line in handle]
+    assert shipped == json.loads(json.dumps(generate_rows(len(shipped), seed=0)))
