@@ -1,4 +1,4 @@
-.PHONY: install test quality style demo clean tiny-assets vllm-serve train train-with-server
+.PHONY: install test quality style demo toy-benchmark clean tiny-assets vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -30,6 +30,12 @@ quality: install
 style: install
 	$(BIN)/ruff check --fix $(check_dirs)
 	$(BIN)/ruff format $(check_dirs)
+
+demo: install  ## the toy world end to end on a CPU: warm start, DePO, EM before/after beside chance
+	$(BIN)/python -m depo_trl.demo --run-dir runs/demo
+
+toy-benchmark: install  ## five arms x 3 seeds at toy scale (a benchmark, ~1 hour on 2 cores)
+	$(BIN)/python benchmarks/toy_benchmark.py --run-dir runs/toy_benchmark
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -4,7 +4,9 @@ Each row draws its own small world from closed name pools: people (born in a cit
 (in a country). Documents are key-value-like passages, one entity each, so binding a fact to its entity is an easy
 pattern for a tiny transformer. Questions are 1-hop (birthplace, employer) or 2-hop (country of birth). The short
 context holds the gold documents and a few distractor documents; the long context adds many more, re-shuffled. Rows
-use the same prompt template and columns as the real builder (`prompt`, `long_prompt`, `answer`, ...).
+have the real builder's columns (`prompt`, `long_prompt`, `answer`, ...) and the same passage layout; the instruction
+lines of the real template are left out, which keeps a CPU step about 1.5x cheaper. Completions end the same way:
+"Therefore , the answer is X .".
 
     python -m depo_trl.data.synthetic --output-dir data/toy --num-rows 2000
 """
@@ -20,7 +22,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 from ..model_utils import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
-from .builder import ANSWER_FORMAT, INSTRUCTION, render_prompt, user_messages
+from .builder import user_messages
 from .sources import Paragraph
 
 
@@ -44,7 +46,7 @@ QUESTIONS = {
 }
 # Every other word the toy prompts and answers use.
 TEMPLATE_WORDS = (
-    f"user assistant system {INSTRUCTION} {ANSWER_FORMAT} <text> </text> Passage : Question Therefore , the answer is . born employer "
+    "user assistant system Passage : Question Therefore , the answer is . born employer "
     f"country {' '.join(QUESTIONS[kind][0] for kind in QUESTIONS)} " + " ".join(str(i) for i in range(1, 100))
 )
 
@@ -59,6 +61,12 @@ class ToyWorldConfig:
     short_distractors: int = 3
     long_distractors: int = 24
     two_hop_fraction: float = 0.3
+
+
+def render_toy_prompt(paragraphs: Sequence[Paragraph], question: str) -> str:
+    """`Passage 1 : Rala born : Dyvmar . employer : Wextek . Passage 2 : ... Question : Where was Rala born ?`"""
+    passages = " ".join(f"Passage {i} : {p.title} {p.text}" for i, p in enumerate(paragraphs, start=1))
+    return f"{passages} Question : {question}"
 
 
 def person_doc(person: str, city: str, company: str) -> Paragraph:
@@ -110,8 +118,8 @@ def generate_row(index: int, seed: int, config: ToyWorldConfig | None = None) ->
     question = question_template.format(person=subject)
     return {
         "id": f"toy-{seed}-{index}",
-        "prompt": user_messages(render_prompt(short_order, question)),
-        "long_prompt": user_messages(render_prompt(long_order, question)),
+        "prompt": user_messages(render_toy_prompt(short_order, question)),
+        "long_prompt": user_messages(render_toy_prompt(long_order, question)),
         "answer": [{"born": city, "employer": company, "country": country}[kind]],
         "question": question,
         "question_type": kind,
@@ -123,6 +131,17 @@ def generate_row(index: int, seed: int, config: ToyWorldConfig | None = None) ->
 
 def generate_rows(num_rows: int, seed: int = 0, config: ToyWorldConfig | None = None) -> list[dict[str, Any]]:
     return [generate_row(index, seed, config) for index in range(num_rows)]
+
+
+def warm_start_rows(num_rows: int, seed: int, max_distractors: int) -> list[dict[str, Any]]:
+    """Supervised rows for the warm start: prompt + reasoning chain, with 0..`max_distractors` distractor documents
+    (uniformly), a curriculum in one pass: gold-only rows teach where facts live, the others to pick the right one."""
+    rows = []
+    for index in range(num_rows):
+        distractors = random.Random(f"warm:{seed}:{index}").randint(0, max_distractors)
+        row = generate_row(index, seed, ToyWorldConfig(short_distractors=distractors, long_distractors=0))
+        rows.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row["solution"]}]})
+    return rows
 
 
 def chance_em(row: dict[str, Any], context: str = "short") -> float:

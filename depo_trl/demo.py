@@ -1,0 +1,281 @@
+"""The toy world end to end on a CPU: `make demo` (`python -m depo_trl.demo`).
+
+1. builds the toy world (seeded rows, closed-vocabulary tokenizer, a tiny Qwen2 from a config);
+2. warm-starts the model with TRL's `SFTTrainer` on short contexts (or reloads the warm start it made before);
+3. measures exact match on held-out short and long contexts, beside the chance baseline;
+4. runs DePO through `DePOTrainer` for a few minutes and measures again.
+
+Everything goes under one run directory, named at the end. The same pieces drive `benchmarks/toy_benchmark.py`.
+"""
+
+import argparse
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from .config import DePOConfig
+from .data.synthetic import build_toy_tokenizer, generate_rows, mean_chance_em, warm_start_rows
+from .generation import generate_completions
+from .model_utils import build_tiny_qwen2, load_tokenizer, save_model_and_tokenizer
+from .rewards import em_reward, exact_match_score, extract_answer
+from .trainer import DePOTrainer
+
+
+# Arms of the paper's Table 3, by the DePOConfig settings that make them.
+ARMS = {
+    "rl-short": {"rollout_context": "short", "distillation": "none"},
+    "rl-long": {"rollout_context": "long", "distillation": "none"},
+    "short-long": {"rollout_context": "mixed", "distillation": "none"},
+    "depo": {"rollout_context": "short", "distillation": "kd"},
+    "depo-iw": {"rollout_context": "short", "distillation": "iw"},
+}
+EVAL_SEED, TRAIN_SEED, WARM_START_SEED = 1000, 2000, 3000
+
+
+@dataclass
+class ToySettings:
+    """Sizes of the toy run; the defaults fit `make demo` in under 10 minutes on 2 CPU cores."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 8
+    warm_start_steps: int = 800
+    warm_start_batch_size: int = 32
+    warm_start_learning_rate: float = 1e-3
+    warm_start_max_distractors: int = 4
+    eval_rows: int = 200
+    train_rows: int = 2000
+    prompts_per_step: int = 8
+    num_generations: int = 8
+    learning_rate: float = 5e-5
+    max_completion_length: int = 24
+
+
+def warm_start(run_dir: str, settings: ToySettings, show_progress: bool = True) -> str:
+    """SFT the tiny model on short-context reasoning chains; reuse `run_dir/warm_start` if it exists."""
+    output_dir = os.path.join(run_dir, "warm_start")
+    if os.path.isfile(os.path.join(output_dir, "model.safetensors")):
+        print(f"Reusing the warm start in {output_dir}.")
+        return output_dir
+    torch.manual_seed(WARM_START_SEED)
+    tokenizer = build_toy_tokenizer()
+    model = build_tiny_qwen2(
+        tokenizer,
+        hidden_size=settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_heads,
+        max_position_embeddings=1024,
+        seed=WARM_START_SEED,
+    )
+    num_rows = settings.warm_start_steps * settings.warm_start_batch_size
+    rows = warm_start_rows(num_rows, WARM_START_SEED, settings.warm_start_max_distractors)
+    args = SFTConfig(
+        output_dir=output_dir,
+        max_steps=settings.warm_start_steps,
+        per_device_train_batch_size=settings.warm_start_batch_size,
+        learning_rate=settings.warm_start_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=30,
+        weight_decay=0.0,
+        logging_steps=50,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        disable_tqdm=not show_progress,
+        seed=WARM_START_SEED,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.train()
+    save_model_and_tokenizer(trainer.model, tokenizer, output_dir)
+    return output_dir
+
+
+def exact_match(model, tokenizer, rows, context: str, do_sample: bool, show_progress: bool = True) -> float:
+    """Mean EM of the model's completions on `rows` under the short or long prompt."""
+    key = "prompt" if context == "short" else "long_prompt"
+    completions = generate_completions(
+        model,
+        tokenizer,
+        [row[key] for row in rows],
+        max_new_tokens=ToySettings.max_completion_length,
+        batch_size=50,
+        do_sample=do_sample,
+        show_progress=show_progress,
+        desc=f"EM on {context} contexts",
+    )
+    scores = [exact_match_score(extract_answer(text), row["answer"]) for text, row in zip(completions, rows)]
+    return sum(scores) / len(scores)
+
+
+def evaluate(model, tokenizer, rows, show_progress: bool = True) -> dict[str, float]:
+    """Greedy and sampled (temperature 1, the rollout distribution) EM on short and long contexts, with chance."""
+    torch.manual_seed(EVAL_SEED)
+    return {
+        "short_em": exact_match(model, tokenizer, rows, "short", False, show_progress),
+        "long_em": exact_match(model, tokenizer, rows, "long", False, show_progress),
+        "short_sampled_em": exact_match(model, tokenizer, rows, "short", True, show_progress),
+        "long_sampled_em": exact_match(model, tokenizer, rows, "long", True, show_progress),
+        "short_chance": mean_chance_em(rows, "short"),
+        "long_chance": mean_chance_em(rows, "long"),
+    }
+
+
+class _StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (generation included), for the benchmark's per-step figures."""
+
+    def __init__(self):
+        self.step_seconds: list[float] = []
+        self._started = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_seconds.append(time.perf_counter() - self._started)
+
+
+def train_arm(
+    arm: str,
+    warm_start_dir: str,
+    output_dir: str,
+    settings: ToySettings,
+    max_steps: int | None = None,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+    logging_steps: int = 1,
+    log_completions: bool = False,
+) -> tuple[DePOTrainer, list[float]]:
+    """RL from the warm start with one of `ARMS`, for `max_steps` optimizer steps or until `max_seconds` pass."""
+    tokenizer = load_tokenizer(warm_start_dir)
+    model = AutoModelForCausalLM.from_pretrained(warm_start_dir)
+    rows = generate_rows(settings.train_rows, seed=TRAIN_SEED + seed)
+    args = DePOConfig(
+        output_dir=output_dir,
+        **ARMS[arm],
+        per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        temperature=1.0,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        loss_type="dapo",
+        beta=0.0,
+        max_steps=max_steps if max_steps is not None else 10_000,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        seed=seed,
+        disable_tqdm=not show_progress,
+        log_completions=log_completions,
+        num_completions_to_print=2,
+    )
+    timer = _StepTimer()
+    callbacks = [timer]
+    if max_seconds is not None:
+        callbacks.append(_StopAfter(max_seconds))
+    trainer = DePOTrainer(
+        model=model,
+        reward_funcs=em_reward,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.train()
+    return trainer, timer.step_seconds
+
+
+class _StopAfter(TrainerCallback):
+    def __init__(self, seconds: float):
+        self.deadline = time.perf_counter() + seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() >= self.deadline:
+            control.should_training_stop = True
+
+
+def format_results(before: dict[str, float], after: dict[str, float]) -> str:
+    lines = [
+        "| context | EM before | EM after | sampled EM before | sampled EM after | chance |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for context in ("short", "long"):
+        lines.append(
+            f"| {context} | {before[f'{context}_em']:.3f} | {after[f'{context}_em']:.3f} | "
+            f"{before[f'{context}_sampled_em']:.3f} | {after[f'{context}_sampled_em']:.3f} | "
+            f"{before[f'{context}_chance']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m depo_trl.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/demo", help="Everything the demo writes goes here.")
+    parser.add_argument("--steps", type=int, default=80, help="Optimizer steps of the RL phase.")
+    parser.add_argument("--minutes", type=float, default=4.0, help="Stop the RL phase earlier after this long.")
+    parser.add_argument("--arm", default="depo", choices=sorted(ARMS))
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside transformers/TRL
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    settings = ToySettings()
+    started = time.perf_counter()
+    print(
+        "1/4 Toy world: tiny Qwen2 "
+        f"(hidden {settings.hidden_size}, {settings.num_layers} layers) and a word-level tokenizer, built locally."
+    )
+    print("2/4 Warm start (SFT on short contexts)...")
+    warm_start_dir = warm_start(args.run_dir, settings)
+    tokenizer = load_tokenizer(warm_start_dir)
+    eval_rows = generate_rows(settings.eval_rows, seed=EVAL_SEED)
+    before = evaluate(AutoModelForCausalLM.from_pretrained(warm_start_dir), tokenizer, eval_rows)
+    print(f"3/4 {args.arm}: {args.steps} steps through DePOTrainer (at most {args.minutes:g} minutes)...")
+    trainer, step_seconds = train_arm(
+        args.arm,
+        warm_start_dir,
+        os.path.join(args.run_dir, args.arm),
+        settings,
+        max_steps=args.steps,
+        max_seconds=60 * args.minutes,
+        logging_steps=10,
+        log_completions=True,
+    )
+    trainer.save_model(os.path.join(args.run_dir, args.arm))
+    trainer.save_state()
+    print("4/4 Evaluating the trained model...")
+    after = evaluate(trainer.model, tokenizer, eval_rows)
+    report = {
+        "arm": args.arm,
+        "steps": trainer.state.global_step,
+        "seconds_per_step": sum(step_seconds) / max(len(step_seconds), 1),
+        "before": before,
+        "after": after,
+        "settings": asdict(settings),
+        "total_seconds": time.perf_counter() - started,
+    }
+    with open(os.path.join(args.run_dir, "demo_results.json"), "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(
+        f"\n{args.arm}, {report['steps']} steps ({report['seconds_per_step']:.1f} s/step), "
+        f"{eval_rows.__len__()} held-out questions; EM = exact match, greedy; sampled = temperature 1:\n"
+    )
+    print(format_results(before, after))
+    print(
+        f"\nRun directory: {os.path.abspath(args.run_dir)} (total {report['total_seconds'] / 60:.1f} min). "
+        "Explore it with notebooks/explore_run.ipynb."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Generation backends behind one interface: vLLM's offline `LLM` (GPU) and transformers `generate` (CPU or GPU)."""
+
+from collections.abc import Sequence
+
+import torch
+
+from ..generation import generate_completions
+from ..model_utils import load_tokenizer
+
+
+class HFBackend:
+    """Greedy decoding with transformers `generate`, batched by prompt length, with a progress bar."""
+
+    def __init__(self, model_name_or_path: str, batch_size: int = 8, dtype: str = "auto"):
+        from transformers import AutoModelForCausalLM
+
+        self.tokenizer = load_tokenizer(model_name_or_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
+        if torch.cuda.is_available():
+            self.model.to("cuda")
+        self.batch_size = batch_size
+
+    def generate(self, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int, desc: str) -> list[str]:
+        return generate_completions(
+            self.model, self.tokenizer, conversations, max_new_tokens, self.batch_size, do_sample=False, desc=desc
+        )
+
+
+class VLLMBackend:
+    """Greedy decoding with vLLM's offline engine; `max_model_len` covers the longest prompt plus the answer."""
+
+    def __init__(self, model_name_or_path: str, max_model_len: int, tensor_parallel_size: int = 1):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ImportError(
+                "--backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, or use --backend hf."
+            ) from None
+        self.tokenizer = load_tokenizer(model_name_or_path)
+        self.llm = LLM(
+            model=model_name_or_path,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=True,
+        )
+
+    def generate(self, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int, desc: str) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        outputs = self.llm.chat(list(conversations), params, use_tqdm=True)
+        return [output.outputs[0].text for output in outputs]
+
+
+def make_backend(name: str, model_name_or_path: str, max_length: int, batch_size: int = 8):
+    if name == "hf":
+        return HFBackend(model_name_or_path, batch_size=batch_size)
+    if name == "vllm":
+        return VLLMBackend(model_name_or_path, max_model_len=max_length)
+    raise ValueError(f"Unknown backend {name!r}: use 'vllm' (GPU) or 'hf'.")

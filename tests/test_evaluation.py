@@ -1,0 +1,122 @@
+"""The evaluation harness: LongBench scoring by hand, task loaders, and an end-to-end CPU run with the hf backend."""
+
+import json
+import os
+
+import pytest
+
+from depo_trl.evaluation.__main__ import main as evaluation_main
+from depo_trl.evaluation.runner import parse_tasks, score_prediction
+from depo_trl.evaluation.tasks import load_ruler, moderate_examples, truncate_middle
+from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+LONGBENCH_DIR = os.path.join(FIXTURES, "longbench")
+
+
+@pytest.mark.parametrize(
+    ("raw", "answers", "style", "pred", "f1", "em"),
+    [
+        ("Therefore, the answer is The Eiffel Tower.", ["Eiffel Tower"], "depo", "The Eiffel Tower", 100.0, 100.0),
+        # "new york city" vs "new york": precision 2/3, recall 1 -> F1 0.8
+        ("so the answer is New York City", ["New York"], "depo", "New York City", 80.0, 0.0),
+        # max over gold answers: "tomas" matches the second answer exactly
+        ("the answer is Tomas.", ["her brother Tomas", "Tomas"], "depo", "Tomas", 100.0, 100.0),
+        ("", ["anything"], "depo", "", 0.0, 0.0),
+        # LongBench prompts are answered directly: the first line is the prediction, punctuation and case ignored
+        ("Zürich!\nIt is in Switzerland.", ["zürich"], "longbench", "Zürich!", 100.0, 100.0),
+        ("a cat, an owl", ["the owl"], "longbench", "a cat, an owl", 2 * 0.5 * 1 / 1.5 * 100, 0.0),
+    ],
+)
+def test_scoring_by_hand(raw, answers, style, pred, f1, em):
+    got_pred, got_f1, got_em = score_prediction(raw, answers, style)
+    assert got_pred == pred
+    assert got_f1 == pytest.approx(f1)
+    assert got_em == em
+
+
+def test_task_groups_and_errors():
+    assert parse_tasks("moderate,longbench_qasper") == ["hotpotqa", "2wikimqa", "musique", "longbench_qasper"]
+    assert len(parse_tasks("all")) == 12
+    with pytest.raises(ValueError, match="Unknown task 'squad'"):
+        parse_tasks("squad")
+
+
+@pytest.fixture(scope="module")
+def eval_model_dir(tmp_path_factory):
+    texts = []
+    for name in os.listdir(LONGBENCH_DIR):
+        with open(os.path.join(LONGBENCH_DIR, name)) as handle:
+            for record in map(json.loads, handle):
+                texts += [record["context"], record["input"], *record["answers"]]
+    for name in ("hotpotqa_distractor_sample.json", "2wikimultihopqa_sample.json"):
+        texts.append(open(os.path.join(FIXTURES, name)).read())
+    texts.append(open(os.path.join(FIXTURES, "musique_sample.jsonl")).read())
+    texts.append(
+        "Please read the following text and answer the question below . < text > Question Format your "
+        'response as follows " Therefore , the answer is ( insert answer here ) "'
+    )
+    tokenizer = build_word_level_tokenizer(texts)
+    model = build_tiny_qwen2(tokenizer, max_position_embeddings=8192)
+    return save_model_and_tokenizer(model, tokenizer, tmp_path_factory.mktemp("eval-model"))
+
+
+def test_truncate_middle_keeps_both_ends(eval_model_dir):
+    tokenizer = load_tokenizer(eval_model_dir)
+    text = " ".join(["Passage"] * 5 + ["Question"] * 5)
+    kept, length = truncate_middle(text, tokenizer, 4)
+    assert kept.split() == ["Passage", "Passage", "Question", "Question"] and length == 4
+    assert truncate_middle(text, tokenizer, 100) == (text, 10)
+
+
+@pytest.mark.parametrize("task", ["ruler_qa_4k", "ruler_qa_8k"])
+def test_ruler_builder_invariants(eval_model_dir, task):
+    tokenizer = load_tokenizer(eval_model_dir)
+    target = {"ruler_qa_4k": 4096, "ruler_qa_8k": 8192}[task]
+    first = load_ruler(task, FIXTURES, tokenizer)
+    assert [e.context for e in first] == [e.context for e in load_ruler(task, FIXTURES, tokenizer)]
+    gold = {e.id: e.gold for e in moderate_examples("hotpotqa", FIXTURES)}
+    for example in first:
+        assert all(f"{p.title}\n{p.text}" in example.context for p in gold[example.id])
+        messages = [{"role": "user", "content": f"<text>\n{example.context}\n</text>"}]
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert len(tokenizer(rendered)["input_ids"]) <= target
+        assert len(tokenizer(rendered)["input_ids"]) > target // 4  # filled with distractors, not just the gold
+
+
+def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    for name in os.listdir(LONGBENCH_DIR):
+        shutil.copy(os.path.join(LONGBENCH_DIR, name), tmp_path / name)
+    for name in ("hotpotqa_distractor_sample.json", "2wikimultihopqa_sample.json", "musique_sample.jsonl"):
+        shutil.copy(os.path.join(FIXTURES, name), tmp_path / name)
+    output = tmp_path / "eval"
+    model_name = os.path.basename(eval_model_dir)
+    evaluation_main([
+        "--model", eval_model_dir, "--tasks", "all", "--backend", "hf", "--max-length", "4096", "--output-dir",
+        str(output), "--limit", "2", "--data-dir", str(tmp_path), "--max-new-tokens", "4",
+    ])  # fmt: skip
+    folder = output / model_name
+    for task in parse_tasks("all"):
+        rows = [json.loads(line) for line in (folder / f"{task}.jsonl").read_text().splitlines()]
+        assert len(rows) == 2, task
+        assert set(rows[0]) == {"id", "prompt_tokens", "raw", "pred", "answers", "f1", "em"}
+        assert all(row["prompt_tokens"] <= 4096 for row in rows)
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["longbench_qasper"]["count"] == 2 and "avg" in scores
+    table = (output / "results.md").read_text()
+    assert "| Model | HotpotQA | 2Wiki | MuSiQue | LB-HotpotQA" in table and model_name in table
+    assert (output / "ruler_qa.png").stat().st_size > 0
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the second run must not generate anything")
+
+    monkeypatch.setattr("depo_trl.evaluation.runner.make_backend", no_generation)
+    before = {task: (folder / f"{task}.jsonl").read_text() for task in parse_tasks("all")}
+    evaluation_main([
+        "--model", eval_model_dir, "--tasks", "all", "--backend", "hf", "--max-length", "4096", "--output-dir",
+        str(output), "--limit", "2", "--data-dir", str(tmp_path), "--max-new-tokens", "4",
+    ])  # fmt: skip
+    assert {task: (folder / f"{task}.jsonl").read_text() for task in parse_tasks("all")} == before
