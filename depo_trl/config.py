@@ -37,6 +37,12 @@ class DePOConfig(GRPOConfig):
             Rollouts whose (weighted, summed) reward is at least this value are distilled (`distillation="kd"`).
         max_long_prompt_length (`int`, *optional*):
             If set, rows whose rendered long prompt has more tokens are dropped before training, with one warning.
+        distillation_micro_batch_size (`int`, *optional*):
+            Sequences per chunk of the long-context pass. Each chunk's activations are recomputed in the backward, so
+            memory holds one chunk at a time. `None` runs the window's long pass in one chunk.
+        share_long_prefix (`bool`, *optional*, defaults to `True`):
+            Compute a long prompt once for all its rollouts (packed sequence with a 4D attention mask). Falls back to
+            one sequence per rollout, with a warning, for attention implementations other than SDPA and eager.
     """
 
     rollout_context: str = field(
@@ -75,6 +81,21 @@ class DePOConfig(GRPOConfig):
         },
     )
 
+    distillation_micro_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sequences per chunk of the long-context pass; each chunk's activations are recomputed in the "
+            "backward (activation checkpointing), so memory holds one chunk at a time. None: one chunk."
+        },
+    )
+    share_long_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each long prompt once for all its rollouts (one packed sequence with a 4D attention "
+            "mask). Attention implementations other than 'sdpa' and 'eager' fall back to one sequence per rollout."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         combination = (self.rollout_context, self.distillation)
@@ -92,6 +113,11 @@ class DePOConfig(GRPOConfig):
             raise ValueError(
                 f"distillation='iw' follows the proxy's token normalisation, which is defined for loss_type in "
                 f"{IW_REDUCTIONS}; got loss_type={self.loss_type!r}."
+            )
+        if self.distillation_micro_batch_size is not None and self.distillation_micro_batch_size <= 0:
+            raise ValueError(
+                f"distillation_micro_batch_size must be a positive integer or None, got "
+                f"{self.distillation_micro_batch_size}."
             )
         if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
             raise ValueError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")

@@ -77,6 +77,24 @@ def importance_clip_mask(
     return ((ratio < 1 - epsilon_low) & (advantages < 0)) | ((ratio > 1 + epsilon_high) & (advantages > 0))
 
 
+def importance_weighted_terms(
+    long_logps: torch.Tensor,
+    old_short_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    level: IWLevel = "token",
+) -> torch.Tensor:
+    """Per-token DePO-IW loss `-min(w * A, clip(w, 1 - epsilon_low, 1 + epsilon_high) * A)`, shape `(B, T)`; with
+    `level="sequence"` each row's value is its sequence-level term, repeated over its tokens."""
+    log_weights = importance_log_weights(long_logps, old_short_logps, completion_mask, level)
+    ratio = torch.exp(log_weights)
+    clipped_ratio = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    advantages = advantages.unsqueeze(-1)
+    return (-torch.min(ratio * advantages, clipped_ratio * advantages)).expand_as(long_logps)
+
+
 def importance_weighted_loss(
     long_logps: torch.Tensor,
     old_short_logps: torch.Tensor,
@@ -98,14 +116,23 @@ def importance_weighted_loss(
         raise ValueError(
             f"Unknown loss_type {loss_type!r} for the importance-weighted loss: use one of {IW_REDUCTIONS}."
         )
-    log_weights = importance_log_weights(long_logps, old_short_logps, completion_mask, level)
-    ratio = torch.exp(log_weights)
-    clipped_ratio = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
-    advantages = advantages.unsqueeze(-1)
-    per_token_loss = -torch.min(ratio * advantages, clipped_ratio * advantages)
-    mask = completion_mask.to(per_token_loss.dtype)
+    per_token_loss = importance_weighted_terms(
+        long_logps, old_short_logps, advantages, completion_mask, epsilon_low, epsilon_high, level
+    )
+    return (per_token_loss * iw_token_weights(completion_mask, loss_type, normalizer)).sum()
+
+
+def iw_token_weights(
+    completion_mask: torch.Tensor, loss_type: IWReduction, normalizer: float | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weight of each token in the DePO-IW reduction, `(B, T)`: summing `weights * per_token_loss` gives the loss.
+
+    `"grpo"`: `1 / (row length * rows)`; `"bnpo"` / `"dapo"`: `1 / normalizer` (default: the number of masked tokens).
+    Weights make the reduction a plain sum, so rollouts can be regrouped (e.g. across micro-batches) exactly.
+    """
+    mask = completion_mask.float()
     if loss_type == "grpo":
-        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / max(mask.size(0), 1)
     if normalizer is None:
         normalizer = mask.sum().clamp(min=1.0)
-    return (per_token_loss * mask).sum() / normalizer
+    return mask / normalizer

@@ -17,17 +17,19 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
+from torch.utils.checkpoint import checkpoint
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from .config import DePOConfig
+from .long_context import pack_rows, plan_long_pass
 from .losses import (
-    conditional_kd_loss,
     distillation_mask,
     importance_clip_mask,
     importance_log_weights,
-    importance_weighted_loss,
+    importance_weighted_terms,
+    iw_token_weights,
 )
 
 
@@ -157,6 +159,8 @@ class DePOTrainer(GRPOTrainer):
                     )
         self._policy_logps_sink: list[torch.Tensor] | None = None
         self._rollout_rewards: torch.Tensor | None = None
+        self._distillation_batch: dict[str, Any] | None = None
+        self._warned_no_sharing = False
         # YAML of the recipe the run was launched with, if any; the model card reproduces it.
         self.recipe: str | None = None
         super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
@@ -262,12 +266,17 @@ class DePOTrainer(GRPOTrainer):
         process_index = self.accelerator.process_index
         all_rewards = self._rollout_rewards
         output["rewards"] = all_rewards[process_index * len(inputs) : (process_index + 1) * len(inputs)]
+        # Travels with each rollout through TRL's shuffle and split, so the long pass can find a micro-batch's rows
+        output["rollout_index"] = torch.arange(len(inputs), device=self.accelerator.device)
         if self.args.distillation != "none":
-            self._add_long_prompts(output, inputs, all_rewards)
+            self._distillation_batch = self._long_context_batch(output, inputs, all_rewards)
         return output
 
-    def _add_long_prompts(self, output: dict[str, Any], inputs: list[dict[str, Any]], all_rewards: torch.Tensor):
-        """Tokenize the long prompts with the short prompts' chat template, count the tokens to distil, log metrics."""
+    def _long_context_batch(self, output: dict[str, Any], inputs: list[dict[str, Any]], all_rewards: torch.Tensor):
+        """What the long pass needs for every rollout of the local generation batch, and the batch-level metrics.
+
+        The long prompt is tokenized with the short prompt's chat template (TRL's `_tokenize_prompts`).
+        """
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
         long_prompt_ids, _, _ = self._tokenize_prompts([row["long_prompt"] for row in inputs])
@@ -278,17 +287,12 @@ class DePOTrainer(GRPOTrainer):
                 f"A long prompt of {int(lengths.max())} tokens exceeds max_long_prompt_length={limit}; rows over the "
                 "limit should have been dropped at construction. Was the dataset changed after building the trainer?"
             )
-        pad_kwargs = {"padding_side": "left", "pad_to_multiple_of": self.pad_to_multiple_of}
-        output["long_prompt_ids"] = pad(
-            [torch.tensor(ids) for ids in long_prompt_ids], padding_value=self._tokenizer.pad_token_id, **pad_kwargs
-        ).to(device)
-        output["long_prompt_mask"] = pad(
-            [torch.ones(len(ids), dtype=torch.long) for ids in long_prompt_ids], padding_value=0, **pad_kwargs
-        ).to(device)
-
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
             loss_mask = loss_mask * output["tool_mask"]
+        old_logps = output.get("old_per_token_logps")
+        if self.args.distillation == "iw" and old_logps is None:
+            old_logps = self._behaviour_logps(output)
         if self.args.distillation == "kd":
             threshold = self.args.distillation_reward_threshold
             distilled = distillation_mask(loss_mask, output["rewards"], threshold)
@@ -297,11 +301,60 @@ class DePOTrainer(GRPOTrainer):
             distilled = loss_mask
             distilled_fraction = torch.ones((), device=device)
         total_tokens = self.accelerator.gather(distilled.sum().float()).sum()
-        output["distillation_tokens_in_batch"] = total_tokens
-
         self._metrics[mode]["depo/kd_fraction"].append(distilled_fraction.item())
         self._metrics[mode]["depo/kd_tokens"].append(total_tokens.item())
         self._metrics[mode]["depo/long_prompt_tokens"].append(self.accelerator.gather(lengths).float().mean().item())
+        return {
+            "long_prompt_ids": [torch.tensor(ids, device=device) for ids in long_prompt_ids],
+            "completion_ids": output["completion_ids"],
+            "completion_mask": output["completion_mask"],
+            "loss_mask": loss_mask,
+            "distilled_mask": distilled,
+            "rewards": output["rewards"],
+            "advantages": output["advantages"],
+            "old_logps": old_logps,
+            "tokens_in_batch": total_tokens,
+            "long_logps": torch.zeros_like(loss_mask, dtype=torch.float32),
+            "token_weights": torch.zeros_like(loss_mask, dtype=torch.float32),
+        }
+
+    def _behaviour_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Log-probs of the rollouts under the short prompt with the weights that sampled them (DePO-IW's `pi_old`).
+
+        TRL skips this pass when its own loss can use the current log-probs; the long pass of a later micro-batch
+        cannot, so it is run here, without gradients, once per generation batch.
+        """
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        batch_size = self.args.per_device_train_batch_size if self.model.training else None
+        with torch.no_grad():
+            logps, _, _ = super()._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, output["completion_ids"].size(1), batch_size=batch_size
+            )
+        return logps
+
+    def _prepare_inputs(self, generation_batch):
+        buffered = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.args.distillation != "none":
+            if not self.model.training:
+                self._assign_distillation_windows([inputs], accumulation_steps=1)
+            elif self._buffered_inputs is not buffered:  # a new generation batch was split into micro-batches
+                self._assign_distillation_windows(self._buffered_inputs, self.args.gradient_accumulation_steps)
+        return inputs
+
+    def _assign_distillation_windows(self, micro_batches: list[dict[str, Any]], accumulation_steps: int) -> None:
+        """Hand each optimizer window's rollouts to the window's first micro-batch.
+
+        TRL shuffles a generation batch's rollouts across micro-batches, which scatters a prompt's rollouts. The long
+        pass regroups them: it runs once per optimizer window (the `accumulation_steps` micro-batches whose gradients
+        one optimizer step sums), on all of the window's rollouts, grouped by prompt. Every rollout carries its own
+        token weights, so the summed gradient is the one of per-micro-batch losses, whatever the split.
+        """
+        for start in range(0, len(micro_batches), accumulation_steps):
+            window = micro_batches[start : start + accumulation_steps]
+            for position, micro_batch in enumerate(window):
+                micro_batch["distillation_window"] = window if position == 0 else None
 
     # ------------------------------------------------------------------ loss
 
@@ -325,95 +378,187 @@ class DePOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         with self._capture_policy_logps() as captured:
             proxy_loss = super()._compute_loss(model, inputs)
-        short_logps = captured[0]
-        return proxy_loss + self.args.distillation_coef * self._distillation_loss(model, inputs, short_logps)
+        distillation_loss = torch.zeros((), device=proxy_loss.device)
+        window = inputs.get("distillation_window")
+        if window is not None:
+            distillation_loss = distillation_loss + self._window_long_pass(model, window)
+        if self.args.distillation == "kd":
+            distillation_loss = distillation_loss + self._kd_value(inputs, captured[0])
+        self._log_micro_batch_metrics(inputs, captured[0], distillation_loss)
+        return proxy_loss + self.args.distillation_coef * distillation_loss
 
-    def _long_context_logps(self, model, inputs: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
-        """Completion-token log-probs of `rows` under their long prompts, `(len(rows), T)`."""
-        prompt_ids, prompt_mask = inputs["long_prompt_ids"][rows], inputs["long_prompt_mask"][rows]
-        if self.pad_to_multiple_of is None:  # drop the left padding no selected row needs
-            first_column = int(prompt_mask.any(dim=0).nonzero()[0])
-            prompt_ids, prompt_mask = prompt_ids[:, first_column:], prompt_mask[:, first_column:]
-        completion_ids, completion_mask = inputs["completion_ids"][rows], inputs["completion_mask"][rows]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, completion_ids.size(1))
-        return logps
+    def _window_token_weights(self, window: list[dict[str, Any]], rows: torch.Tensor) -> torch.Tensor:
+        """Per-token weights of the window's rollouts: the loss is `sum(weights * per-token term)`.
 
-    def _distillation_loss(self, model, inputs: dict[str, Any], short_logps: torch.Tensor) -> torch.Tensor:
-        """L_KD or L_IW for this micro-batch, scaled so that gradients add up over processes and accumulation steps."""
-        mode = "train" if self.model.training else "eval"
-        args = self.args
-        loss_mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            loss_mask = loss_mask * inputs["tool_mask"]
-        rewards = inputs["rewards"]
-        # Gradients are averaged over processes (DDP/ZeRO/FSDP) and summed over accumulation steps: a token-sum divided
-        # by (tokens in the generation batch / processes * accumulation steps per generation) is the global mean.
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
-        steps_per_generation = args.steps_per_generation if mode == "train" else 1
-        global_token_normalizer = (
-            inputs["distillation_tokens_in_batch"].clamp(min=1.0)
-            / self.accelerator.num_processes
-            * (accumulation / steps_per_generation)
-        )
+        Gradients are averaged over processes and summed over accumulation steps, so a token sum divided by
+        (tokens in the generation batch / processes * accumulation steps per generation) is the global mean; GRPO and
+        BNPO reductions weight rows by their own micro-batch, like TRL's proxy loss.
+        """
+        batch = self._distillation_batch
+        training = self.model.training
+        accumulation = self.current_gradient_accumulation_steps if training else 1
+        steps_per_generation = self.args.steps_per_generation if training else 1
+        global_normalizer = (
+            batch["tokens_in_batch"].clamp(min=1.0) / self.accelerator.num_processes * accumulation
+        ) / steps_per_generation
+        if self.args.distillation == "kd" or self.loss_type == "dapo":
+            return batch["distilled_mask"][rows] / global_normalizer
+        weights = []
+        for micro_batch in window:
+            mask = batch["loss_mask"][micro_batch["rollout_index"]]
+            weights.append(iw_token_weights(mask, self.loss_type) / accumulation)
+        return torch.cat(weights)
 
-        if args.distillation == "kd":
-            rows = (rewards >= args.distillation_reward_threshold).nonzero().squeeze(-1)
-            if rows.numel() == 0:
-                # Nothing to distil here, but ZeRO-3/FSDP need the same forward passes on every process: run one row
-                # through the long pass with zero weight (its reward is below the threshold).
-                rows = torch.zeros(1, dtype=torch.long, device=rewards.device)
-            long_logps = self._long_context_logps(model, inputs, rows)
-            short_logps, loss_mask, rewards = short_logps[rows], loss_mask[rows], rewards[rows]
-            loss = conditional_kd_loss(
-                long_logps,
-                short_logps,
-                loss_mask,
-                rewards,
-                args.distillation_reward_threshold,
-                global_token_normalizer,
+    def _window_long_pass(self, model, window: list[dict[str, Any]]) -> torch.Tensor:
+        """The long-context term of an optimizer window: its gradient, and for DePO-IW its value too."""
+        batch = self._distillation_batch
+        rows = torch.cat([micro_batch["rollout_index"] for micro_batch in window])
+        batch["token_weights"][rows] = self._window_token_weights(window, rows)
+        if self.args.distillation == "kd":  # only correct rollouts go through the long context
+            rows = rows[(batch["token_weights"][rows] > 0).any(-1)]
+        share = self._long_prefix_sharing_enabled()
+        prompt_keys = [tuple(batch["long_prompt_ids"][row].tolist()) for row in rows.tolist()]
+        chunks = plan_long_pass(prompt_keys, self.args.distillation_micro_batch_size, share)
+        # ZeRO-3 / FSDP: every process must run as many forwards; extra chunks are one row with zero weight
+        num_chunks = int(self.accelerator.gather(torch.tensor([len(chunks)], device=rows.device)).max())
+        chunk_losses = []
+        for index in range(num_chunks):
+            if index < len(chunks):
+                chunk_rows = [[int(rows[position]) for position in row] for row in chunks[index]]
+                weight_scale = 1.0
+            else:
+                chunk_rows, weight_scale = [[0]], 0.0
+            chunk_losses.append(self._chunk_loss(model, chunk_rows, share, weight_scale))
+        # No process has anything to distil: every process skips the pass alike
+        return torch.stack(chunk_losses).sum() if chunk_losses else torch.zeros((), device=rows.device)
+
+    def _long_prefix_sharing_enabled(self) -> bool:
+        if not self.args.share_long_prefix:
+            return False
+        implementation = getattr(self.accelerator.unwrap_model(self.model).config, "_attn_implementation", None)
+        if implementation in ("sdpa", "eager"):
+            return True
+        if not self._warned_no_sharing:
+            logger.warning(
+                f"share_long_prefix needs an attention implementation that takes a 4D mask ('sdpa' or 'eager'), "
+                f"not {implementation!r}: the long pass recomputes each rollout's long prompt."
             )
-            token_weights = distillation_mask(loss_mask, rewards, args.distillation_reward_threshold)
-            loss_metric = loss * accumulation
-        else:
-            rows = torch.arange(rewards.size(0), device=rewards.device)
-            long_logps = self._long_context_logps(model, inputs, rows)
-            old_short_logps = inputs.get("old_per_token_logps")
-            if old_short_logps is None:  # on-policy step: the behaviour policy is the current one
-                old_short_logps = short_logps
-            iw_kwargs = {
-                "epsilon_low": self.epsilon_low,
-                "epsilon_high": self.epsilon_high,
-                "level": self.importance_sampling_level,
-                "loss_type": self.loss_type,
-            }
-            advantages = inputs["advantages"]
-            if self.loss_type == "dapo":
-                loss = importance_weighted_loss(
-                    long_logps, old_short_logps, advantages, loss_mask, normalizer=global_token_normalizer, **iw_kwargs
-                )
-            else:  # grpo / bnpo normalise within the micro-batch, like TRL's proxy loss
-                loss = importance_weighted_loss(long_logps, old_short_logps, advantages, loss_mask, **iw_kwargs)
-                loss = loss / accumulation
-            loss_metric = loss * accumulation
-            token_weights = loss_mask
-            self._log_clip_ratio(mode, long_logps, old_short_logps, advantages, loss_mask)
+            self._warned_no_sharing = True
+        return False
 
-        self._metrics[mode]["depo/kd_loss"].append(self.accelerator.gather(loss_metric.detach()).mean().item())
-        gap = (short_logps - long_logps.detach()) * token_weights
-        self._metrics[mode]["depo/logp_gap"].append(self._global_mean(gap.sum(), token_weights.sum()))
+    def _chunk_loss(self, model, chunk_rows: list[list[int]], share: bool, weight_scale: float) -> torch.Tensor:
+        """Weighted long-context loss of one chunk. With `distillation_micro_batch_size` set and gradients on, the
+        chunk's activations are recomputed during the backward (activation checkpointing), so memory holds one
+        chunk at a time while the step keeps the single backward that DeepSpeed's accumulation bookkeeping expects."""
+        rollouts = torch.tensor([rollout for row in chunk_rows for rollout in row], device=self.accelerator.device)
+
+        def chunk_loss(*_):
+            long_logps = self._long_logps(model, chunk_rows, share)
+            return self._weighted_terms(rollouts, long_logps, weight_scale), long_logps.detach()
+
+        if self.args.distillation_micro_batch_size is not None and torch.is_grad_enabled():
+            dummy = torch.ones((), device=rollouts.device, requires_grad=True)  # gives checkpoint an input to track
+            loss, long_logps = checkpoint(chunk_loss, dummy, use_reentrant=False)
+        else:
+            loss, long_logps = chunk_loss()
+        if weight_scale:
+            self._distillation_batch["long_logps"][rollouts] = long_logps.float()
         return loss
 
-    def _log_clip_ratio(self, mode, long_logps, old_short_logps, advantages, loss_mask):
+    def _long_logps(self, model, chunk_rows: list[list[int]], share: bool) -> torch.Tensor:
+        """Completion-token log-probs `(rollouts, T)` under the long prompts, in `chunk_rows` order."""
+        batch = self._distillation_batch
+        completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+        rollouts = [rollout for row in chunk_rows for rollout in row]
+        if not share:
+            prompts = [batch["long_prompt_ids"][rollout] for rollout in rollouts]
+            prompt_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
+            prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
+            input_ids = torch.cat([prompt_ids, completion_ids[rollouts]], dim=1)
+            attention_mask = torch.cat([prompt_mask, completion_mask[rollouts]], dim=1)
+            logps, _, _ = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, completion_ids.size(1)
+            )
+            return logps
+        rows = [
+            (
+                batch["long_prompt_ids"][row[0]],
+                [(rollout, completion_ids[rollout][completion_mask[rollout].bool()]) for rollout in row],
+            )
+            for row in chunk_rows
+        ]
+        # SDPA takes a boolean mask as is; eager attention adds the mask to its scores, so it gets an additive one
+        implementation = self.accelerator.unwrap_model(model).config._attn_implementation
+        mask_dtype = torch.bool if implementation == "sdpa" else torch.float32
+        packed = pack_rows(rows, self._tokenizer.pad_token_id, mask_dtype=mask_dtype)
+        device = self.accelerator.device
+        with self.accelerator.autocast():
+            log_probs = model(
+                input_ids=packed.input_ids.to(device),
+                attention_mask=packed.attention_mask.to(device),
+                position_ids=packed.position_ids.to(device),
+                labels=packed.labels.to(device),
+                fused_lm_head=True,
+            ).log_probs
+        order = {rollout: position for position, rollout in enumerate(rollouts)}
+        logps = log_probs.new_zeros((len(rollouts), completion_ids.size(1)))
+        target = torch.tensor([order[int(r)] for r in packed.rollout], dtype=torch.long, device=device)
+        values = log_probs[packed.row.to(device), packed.position.to(device) - 1]
+        return logps.index_put((target, packed.token.to(device)), values)
+
+    def _weighted_terms(self, rollouts: torch.Tensor, long_logps: torch.Tensor, weight_scale: float) -> torch.Tensor:
+        """Sum of weighted per-token terms. KD: `sg(long) - long` (value 0, gradient of L_KD; its value is added per
+        micro-batch by `_kd_value`, once the proxy pass has computed the short-context teacher). IW: the full loss."""
+        batch = self._distillation_batch
+        weights = batch["token_weights"][rollouts] * weight_scale
+        if self.args.distillation == "kd":
+            terms = long_logps.detach() - long_logps
+        else:
+            terms = importance_weighted_terms(
+                long_logps,
+                batch["old_logps"][rollouts],
+                batch["advantages"][rollouts],
+                batch["loss_mask"][rollouts],
+                self.epsilon_low,
+                self.epsilon_high,
+                self.importance_sampling_level,
+            )
+            if weight_scale:
+                self._log_clip_ratio(long_logps.detach(), rollouts)
+        return torch.where(weights > 0, terms * weights, torch.zeros_like(terms)).sum()
+
+    def _kd_value(self, inputs: dict[str, Any], short_logps: torch.Tensor) -> torch.Tensor:
+        """The value of this micro-batch's share of L_KD (no gradient): `sum(weights * (short - long))`."""
+        batch = self._distillation_batch
+        rows = inputs["rollout_index"]
+        gap = short_logps - batch["long_logps"][rows]
+        weights = batch["token_weights"][rows]
+        return torch.where(weights > 0, gap * weights, torch.zeros_like(gap)).sum()
+
+    def _log_micro_batch_metrics(self, inputs, short_logps: torch.Tensor, distillation_loss: torch.Tensor) -> None:
+        mode = "train" if self.model.training else "eval"
+        batch = self._distillation_batch
+        rows = inputs["rollout_index"]
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        # Per micro-batch, times the accumulation steps: averaged over a step's micro-batches, the step's value
+        value = self.accelerator.gather(distillation_loss.detach() * accumulation).mean()
+        self._metrics[mode]["depo/kd_loss"].append(value.item())
+        distilled = batch["distilled_mask"][rows]
+        gap = (short_logps - batch["long_logps"][rows]) * distilled
+        self._metrics[mode]["depo/logp_gap"].append(self._global_mean(gap.sum(), distilled.sum()))
+
+    def _log_clip_ratio(self, long_logps: torch.Tensor, rollouts: torch.Tensor) -> None:
+        mode = "train" if self.model.training else "eval"
+        batch = self._distillation_batch
+        loss_mask = batch["loss_mask"][rollouts].float()
         level = self.importance_sampling_level
-        log_weights = importance_log_weights(long_logps.detach(), old_short_logps, loss_mask, level)
-        clipped = importance_clip_mask(log_weights, advantages, self.epsilon_low, self.epsilon_high).float()
+        log_weights = importance_log_weights(long_logps, batch["old_logps"][rollouts], loss_mask, level)
+        clipped = importance_clip_mask(log_weights, batch["advantages"][rollouts], self.epsilon_low, self.epsilon_high)
         if level == "sequence":  # one ratio per rollout
             present = (loss_mask.sum(-1, keepdim=True) > 0).float()
-            value = self._global_mean((clipped * present).sum(), present.sum())
+            value = self._global_mean((clipped.float() * present).sum(), present.sum())
         else:
-            value = self._global_mean((clipped * loss_mask).sum(), loss_mask.sum())
+            value = self._global_mean((clipped.float() * loss_mask).sum(), loss_mask.sum())
         self._metrics[mode]["depo/iw_clip_ratio"].append(value)
 
     def _global_mean(self, local_sum: torch.Tensor, local_count: torch.Tensor) -> float:

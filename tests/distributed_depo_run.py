@@ -1,8 +1,9 @@
 """Two-process DePO run for tests/test_distributed.py: `accelerate launch --cpu --num_processes 2 THIS MODEL_DIR OUT`.
 
 Each step, process 0 gets the rollouts of the prompt that is always rewarded and process 1 those of the prompt that
-never is, so one process distils and the other runs only the zero-weighted long pass. Each process writes, per step,
-how many of its rollouts passed the threshold.
+never is, so one process distils and the other runs only the zero-weighted long pass. With a third argument (the
+`distillation_micro_batch_size`, e.g. 1) the two processes have different chunk counts (2 and 0). Each process writes,
+per step, how many of its rollouts passed the threshold.
 """
 
 import json
@@ -15,7 +16,7 @@ from depo_trl import DePOConfig, DePOTrainer
 from depo_trl.model_utils import load_tokenizer
 
 
-def main(model_dir: str, output_dir: str) -> None:
+def main(model_dir: str, output_dir: str, distillation_micro_batch_size: int | None) -> None:
     correct_rollouts_per_step = []
 
     def reward(prompts, completions, **kwargs):
@@ -43,6 +44,7 @@ def main(model_dir: str, output_dir: str) -> None:
         use_cpu=True,
         bf16=False,
         shuffle_dataset=False,
+        distillation_micro_batch_size=distillation_micro_batch_size,
     )
     trainer = DePOTrainer(
         model=model_dir,
@@ -61,4 +63,4 @@ def main(model_dir: str, output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)

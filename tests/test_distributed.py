@@ -7,7 +7,8 @@ import pytest
 
 
 @pytest.mark.slow
-def test_two_processes_where_only_one_has_correct_rollouts_complete(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("micro_batch_size", [None, 1], ids=["one-chunk", "chunks-differ-per-process"])
+def test_two_processes_where_only_one_has_correct_rollouts_complete(tiny_model_dir, tmp_path, micro_batch_size):
     script = os.path.join(os.path.dirname(__file__), "distributed_depo_run.py")
     command = [
         sys.executable,
@@ -27,6 +28,7 @@ def test_two_processes_where_only_one_has_correct_rollouts_complete(tiny_model_d
         script,
         tiny_model_dir,
         str(tmp_path),
+        *([] if micro_batch_size is None else [str(micro_batch_size)]),
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     # `--multi_gpu` on a machine without CUDA starts torchrun with the gloo backend (`--cpu` would start one process).

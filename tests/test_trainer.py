@@ -54,7 +54,14 @@ def generation_batch(trainer, dataset, num_prompts):
     return trainer._generate_and_score_completions(rows)
 
 
-def accumulated_gradients(trainer, micro_batches):
+def accumulated_gradients(trainer, micro_batches, distillation_batch=None):
+    """Gradients summed over `micro_batches` as one optimizer window, the way `Trainer.training_step` sums them."""
+    if distillation_batch is not None:  # the generation batch's long-pass state, as `_prepare_inputs` leaves it
+        trainer._distillation_batch = {
+            key: value.clone() if isinstance(value, torch.Tensor) else value
+            for key, value in distillation_batch.items()
+        }
+        trainer._assign_distillation_windows(micro_batches, len(micro_batches))
     trainer.model.zero_grad()
     trainer.current_gradient_accumulation_steps = len(micro_batches)
     for micro_batch in micro_batches:
@@ -107,10 +114,12 @@ def test_gradient_is_the_same_for_batch_8_ga_1_and_batch_4_ga_2(
     batch = generation_batch(one_step, tiny_dataset, num_prompts=2)
     assert 0 < batch["rewards"].sum() < 8
 
-    reference = accumulated_gradients(one_step, [batch])
+    distillation_batch = one_step._distillation_batch
     torch.manual_seed(1)  # scatter the prompts' rollouts over the two micro-batches, as TRL does
+    micro_batches = split_tensor_dict(shuffle_sequence_dict(batch), 2)
+    reference = accumulated_gradients(one_step, [batch], distillation_batch)
     two_steps.model.train()
-    split = accumulated_gradients(two_steps, split_tensor_dict(shuffle_sequence_dict(batch), 2))
+    split = accumulated_gradients(two_steps, micro_batches, distillation_batch)
     assert reference.keys() == split.keys()
     for name, grad in reference.items():
         torch.testing.assert_close(split[name], grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -152,11 +161,11 @@ def test_long_prompt_is_rendered_with_the_chat_template(tiny_model_dir, tiny_dat
     tokenizer = trainer.processing_class
     text = tokenizer.apply_chat_template(tiny_dataset[0]["long_prompt"], tokenize=False, add_generation_prompt=True)
     expected = tokenizer(text, add_special_tokens=False)["input_ids"]
-    for ids, mask in zip(batch["long_prompt_ids"], batch["long_prompt_mask"]):
-        assert ids[mask.bool()].tolist() == list(expected)
+    for ids in trainer._distillation_batch["long_prompt_ids"]:
+        assert ids.tolist() == list(expected)
     assert tokenizer.decode(expected).startswith("<|im_start|> user")
     assert batch["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0]
-    assert batch["distillation_tokens_in_batch"].item() == batch["completion_mask"][0::2].sum().item()
+    assert trainer._distillation_batch["tokens_in_batch"].item() == batch["completion_mask"][0::2].sum().item()
 
 
 def test_missing_long_prompt_column_is_a_clear_error(tiny_model_dir, tiny_dataset, tmp_path):

@@ -1,0 +1,113 @@
+"""Planning and packing of the long-context pass (pure tensor code, no trainer state).
+
+Rollouts of the same prompt share its long context. Packed, one long prompt serves several completions in one
+sequence: `[prompt[:-1], prompt[-1], c_1, prompt[-1], c_2, ...]`, where each `prompt[-1], c_j` segment sees the prompt
+and itself only (a 4D attention mask) and restarts its positions where the prompt ends. The prompt is computed once,
+and the log-probabilities are those of the naive `[prompt, c_j]` sequences (the repeated last prompt token makes each
+segment's first completion token predicted from the prompt, as in the naive pass).
+"""
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def plan_long_pass(
+    prompt_keys: Sequence[Hashable], max_rollouts_per_chunk: int | None, share_prefix: bool
+) -> list[list[list[int]]]:
+    """Split rollouts into chunks of packed rows: `chunks[c][r]` lists the rollouts of row `r` of chunk `c`.
+
+    Without sharing every rollout is its own row. With sharing, rollouts with the same prompt key share a row, split so
+    that no chunk holds more than `max_rollouts_per_chunk` rollouts (None: one chunk).
+    """
+    limit = max_rollouts_per_chunk or len(prompt_keys) or 1
+    if share_prefix:
+        groups: dict[Hashable, list[int]] = {}
+        for rollout, key in enumerate(prompt_keys):
+            groups.setdefault(key, []).append(rollout)
+        rows = [group[start : start + limit] for group in groups.values() for start in range(0, len(group), limit)]
+    else:
+        rows = [[rollout] for rollout in range(len(prompt_keys))]
+    chunks: list[list[list[int]]] = []
+    size = limit
+    for row in rows:
+        if size + len(row) > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(row)
+        size += len(row)
+    return chunks
+
+
+@dataclass
+class PackedRows:
+    """Model inputs for packed rows, and where each scored token's log-prob lands: for the k-th scored token,
+    `log_probs[row[k], position[k] - 1]` is the log-prob of completion token `token[k]` of rollout `rollout[k]`."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    rollout: torch.Tensor
+    token: torch.Tensor
+    row: torch.Tensor
+    position: torch.Tensor
+
+
+def pack_rows(
+    rows: Sequence[tuple[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]],
+    pad_token_id: int,
+    mask_dtype: torch.dtype = torch.float32,
+) -> PackedRows:
+    """Pack `(prompt_ids, [(rollout, completion_ids), ...])` rows (unpadded 1D tensors) into a padded batch.
+
+    The attention mask is `(R, 1, L, L)`: boolean (True where attention is allowed) when `mask_dtype` is `torch.bool`,
+    else additive (0 where allowed, the dtype's minimum elsewhere). Padding positions attend to themselves only, so
+    no softmax row is empty.
+    """
+    sequences, positions, allowed, labels, index = [], [], [], [], []
+    for row_number, (prompt_ids, completions) in enumerate(rows):
+        prefix = prompt_ids[:-1]
+        length = len(prefix) + sum(1 + len(completion) for _, completion in completions)
+        row_allowed = torch.zeros(length, length, dtype=torch.bool)
+        row_allowed[: len(prefix), : len(prefix)] = torch.ones(len(prefix), len(prefix), dtype=torch.bool).tril()
+        pieces, piece_positions = [prefix], [torch.arange(len(prefix))]
+        row_labels = torch.full((length,), -100, dtype=torch.long)
+        start = len(prefix)
+        for rollout, completion in completions:
+            segment = torch.cat([prompt_ids[-1:], completion])
+            end = start + len(segment)
+            row_allowed[start:end, : len(prefix)] = True
+            row_allowed[start:end, start:end] = torch.ones(len(segment), len(segment), dtype=torch.bool).tril()
+            row_labels[start + 1 : end] = completion
+            pieces.append(segment)
+            piece_positions.append(torch.arange(len(prefix), len(prefix) + len(segment)))
+            index += [(rollout, token, row_number, start + 1 + token) for token in range(len(completion))]
+            start = end
+        sequences.append(torch.cat(pieces))
+        positions.append(torch.cat(piece_positions))
+        allowed.append(row_allowed)
+        labels.append(row_labels)
+    width = max(len(sequence) for sequence in sequences)
+    batch = len(rows)
+    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((batch, width), dtype=torch.long)
+    padded_labels = torch.full((batch, width), -100, dtype=torch.long)
+    attention = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
+    for row_number, (sequence, position, row_allowed, row_labels) in enumerate(
+        zip(sequences, positions, allowed, labels)
+    ):
+        size = len(sequence)
+        input_ids[row_number, :size] = sequence
+        position_ids[row_number, :size] = position
+        padded_labels[row_number, :size] = row_labels
+        attention[row_number, :size, :size] = row_allowed
+    if mask_dtype == torch.bool:
+        mask = attention
+    else:
+        mask = torch.zeros(attention.shape, dtype=mask_dtype).masked_fill(~attention, torch.finfo(mask_dtype).min)
+    rollout, token, row, position = (torch.tensor(column, dtype=torch.long) for column in zip(*index or [(0,) * 4]))
+    if not index:  # only empty completions: nothing is scored
+        rollout, token, row, position = (column[:0] for column in (rollout, token, row, position))
+    return PackedRows(input_ids, position_ids, mask.unsqueeze(1), padded_labels, rollout, token, row, position)
