@@ -114,6 +114,12 @@ class DePOConfig(GRPOConfig):
                 f"distillation='iw' follows the proxy's token normalisation, which is defined for loss_type in "
                 f"{IW_REDUCTIONS}; got loss_type={self.loss_type!r}."
             )
+        steps, accumulation = self.steps_per_generation, self.gradient_accumulation_steps
+        if self.distillation != "none" and steps % accumulation and accumulation % steps:
+            raise ValueError(
+                f"The long-context pass runs once per optimizer window of a generation batch, so one of "
+                f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
+            )
         if self.distillation_micro_batch_size is not None and self.distillation_micro_batch_size <= 0:
             raise ValueError(
                 f"distillation_micro_batch_size must be a positive integer or None, got "

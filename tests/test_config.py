@@ -27,6 +27,11 @@ def test_other_bad_values():
         config(distillation="iw", loss_type="cispo")
     with pytest.raises(ValueError, match="max_long_prompt_length"):
         config(max_long_prompt_length=0)
+    with pytest.raises(ValueError, match="distillation_micro_batch_size"):
+        config(distillation_micro_batch_size=0)
+    with pytest.raises(ValueError, match="must divide the other"):
+        config(gradient_accumulation_steps=2, steps_per_generation=3)
+    config(gradient_accumulation_steps=2, steps_per_generation=3, distillation="none")  # no long pass: any split
 
 
 def test_defaults_are_depo():
