@@ -198,7 +198,7 @@ def main(
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         trainer.accelerator.print(f"Pushed to https://huggingface.co/{trainer.hub_model_id}.")
-    trainer.accelerator.end_training()
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 
@@ -215,7 +215,17 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[DePOScriptArguments, De
 
 
 def cli() -> None:
-    main(*parse_recipe())
+    trainer = main(*parse_recipe())
+    if trainer.accelerator.num_processes > 1:
+        # Freeing the DDP reducer after the gloo/NCCL group is gone can hang in the group's destructor (seen with
+        # gloo on a loaded CPU). Every process has saved and synchronised: close the trackers and leave without
+        # interpreter teardown.
+        for tracker in trainer.accelerator.trackers:
+            tracker.finish()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -64,3 +64,6 @@ def main(model_dir: str, output_dir: str, distillation_micro_batch_size: int | N
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    # Same exit as depo_trl.depo.cli: skip the process group's teardown, which can hang under load (gloo)
+    sys.stdout.flush()
+    os._exit(0)
