@@ -34,8 +34,9 @@ style: install
 demo: install  ## the toy world end to end on a CPU: warm start, DePO, EM before/after beside chance
 	$(BIN)/python -m depo_trl.demo --run-dir runs/demo
 
-toy-benchmark: install  ## five arms x 3 seeds at toy scale (a benchmark, ~1 hour on 2 cores)
-	$(BIN)/python benchmarks/toy_benchmark.py --run-dir runs/toy_benchmark
+toy-benchmark: install  ## five arms x 3 seeds at toy scale (a benchmark, ~40 minutes on 2 cores)
+	$(BIN)/python benchmarks/toy_benchmark.py --run-dir runs/toy_benchmark \
+		$(if $(wildcard runs/demo/warm_start/model.safetensors),--warm-start-dir runs/demo/warm_start,)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

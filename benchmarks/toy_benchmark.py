@@ -1,6 +1,6 @@
 """The paper's Table 3 at toy scale: five arms from one warm start, several seeds, equal steps and equal wall time.
 
-    python benchmarks/toy_benchmark.py [--steps 40] [--seeds 0 1 2] [--run-dir runs/toy_benchmark]
+    python benchmarks/toy_benchmark.py [--steps 30] [--seeds 0 1 2] [--run-dir runs/toy_benchmark]
 
 Arms: RL on short contexts, RL on long contexts, Short-Long, DePO, DePO-IW (`depo_trl.demo.ARMS`). Part 1 trains
 every arm for the same number of optimizer steps; part 2 gives every arm the wall time DePO took in part 1. Prints a
@@ -91,7 +91,7 @@ def plot(results: list[dict], baseline: dict, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--run-dir", default="runs/toy_benchmark")
     parser.add_argument("--warm-start-dir", default=None, help="Reuse a warm start (e.g. runs/demo/warm_start).")
