@@ -267,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(args.run_dir, "demo_results.json"), "w") as handle:
         json.dump(report, handle, indent=2)
     print(
-        f"\n{args.arm}, {report['steps']} steps ({report['seconds_per_step']:.1f} s/step), "
-        f"{eval_rows.__len__()} held-out questions; EM = exact match, greedy; sampled = temperature 1:\n"
+        f"\n{args.arm}, {report['steps']} steps ({report['seconds_per_step']:.1f} s/step), {len(eval_rows)} held-out "
+        "questions. EM: exact match of greedy answers; sampled: at temperature 1, the rollouts' distribution; chance: "
+        "a random name of the answer's type from the context.\n"
     )
     print(format_results(before, after))
     print(
