@@ -2,9 +2,11 @@
 
 Generation, rewards, advantages and the proxy loss are TRL's, untouched. This subclass only
 - picks the prompt the rollouts are sampled from (`rollout_context`),
-- keeps each rollout's reward and the tokenized long prompt in the generation batch,
-- adds `distillation_coef * L_KD` (or `L_IW`) to the proxy loss, computed from completion-token log-probabilities
-  under the long prompt (TRL's fused log-prob helper, so `[batch x long_len x vocab]` logits never exist).
+- keeps each rollout's reward, and tokenizes the long prompts, for the generation batch,
+- adds `distillation_coef * L_KD` (or `L_IW`) to the proxy loss. The long-context pass runs once per optimizer window
+  on the window's rollouts, grouped by prompt so each long prompt is computed once (`depo_trl.long_context`), in
+  chunks of bounded memory, with completion-token log-probs from TRL's fused LM head (no
+  `[batch x long_len x vocab]` logits).
 """
 
 import hashlib
