@@ -222,6 +222,9 @@ def cli() -> None:
         # interpreter teardown.
         for tracker in trainer.accelerator.trackers:
             tracker.finish()
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:  # its atexit hook would not run
+            wandb.finish()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
