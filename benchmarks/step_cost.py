@@ -237,7 +237,7 @@ def gpu_benchmark(args) -> None:
     naive = run("naive (one batch)", [naive_rows(everyone)], recompute=False)
     chunks = [everyone[i : i + args.chunk] for i in range(0, args.rollouts, args.chunk)]
     run(f"chunked ({args.chunk}/chunk)", [naive_rows(c) for c in chunks], recompute=True)
-    packed = pack_rows([(prompt.cpu(), [(r, completions[r].cpu()) for r in everyone])], 0, torch.bool)
+    packed = pack_rows([(prompt.cpu(), [(r, completions[r].cpu()) for r in everyone])], 0, mask_dtype=torch.bool)
     shared_inputs = {
         "input_ids": packed.input_ids.to(device),
         "attention_mask": packed.attention_mask.to(device),

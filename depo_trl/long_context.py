@@ -4,13 +4,36 @@ Rollouts of the same prompt share its long context. Packed, one long prompt serv
 sequence: `[prompt[:-1], prompt[-1], c_1, prompt[-1], c_2, ...]`, where each `prompt[-1], c_j` segment sees the prompt
 and itself only (a 4D attention mask) and restarts its positions where the prompt ends. The prompt is computed once,
 and the log-probabilities are those of the naive `[prompt, c_j]` sequences (the repeated last prompt token makes each
-segment's first completion token predicted from the prompt, as in the naive pass).
+segment's first completion token predicted from the prompt, as in the naive pass). Sliding-window layers see the
+same window as in the naive pass: it is measured in positions, which the packed rows keep.
 """
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import PretrainedConfig
+
+
+def layer_attention_windows(config: PretrainedConfig) -> dict[str, int | None] | None:
+    """The attention window of each layer type of a model (None: full causal attention), keyed like transformers'
+    per-layer-type masks; None when a layer type is one the packed pass cannot reproduce (e.g. chunked attention).
+
+    Models without `layer_types` (Mistral, Mixtral, Phi-3, ...) apply `sliding_window`, if set, to every layer.
+    """
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not layer_types:
+        return {"full_attention": None} if window is None else {"sliding_attention": window}
+    windows: dict[str, int | None] = {}
+    for layer_type in set(layer_types):
+        if layer_type == "full_attention":
+            windows[layer_type] = None
+        elif layer_type == "sliding_attention" and window is not None:
+            windows[layer_type] = window
+        else:
+            return None
+    return windows
 
 
 def plan_long_pass(
@@ -47,7 +70,7 @@ class PackedRows:
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | dict[str, torch.Tensor]
     labels: torch.Tensor
     rollout: torch.Tensor
     token: torch.Tensor
@@ -58,13 +81,16 @@ class PackedRows:
 def pack_rows(
     rows: Sequence[tuple[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]],
     pad_token_id: int,
+    windows: Mapping[str, int | None] | None = None,
     mask_dtype: torch.dtype = torch.float32,
 ) -> PackedRows:
     """Pack `(prompt_ids, [(rollout, completion_ids), ...])` rows (unpadded 1D tensors) into a padded batch.
 
     The attention mask is `(R, 1, L, L)`: boolean (True where attention is allowed) when `mask_dtype` is `torch.bool`,
     else additive (0 where allowed, the dtype's minimum elsewhere). Padding positions attend to themselves only, so
-    no softmax row is empty.
+    no softmax row is empty. `windows` (from [`layer_attention_windows`]; default: full attention only) gives one mask
+    per layer type, a sliding window keeping keys fewer than `window` positions behind the query; with one layer type
+    the mask is a tensor, with several a dict keyed by layer type.
     """
     sequences, positions, allowed, labels, index = [], [], [], [], []
     for row_number, (prompt_ids, completions) in enumerate(rows):
@@ -103,11 +129,16 @@ def pack_rows(
         position_ids[row_number, :size] = position
         padded_labels[row_number, :size] = row_labels
         attention[row_number, :size, :size] = row_allowed
-    if mask_dtype == torch.bool:
-        mask = attention
-    else:
-        mask = torch.zeros(attention.shape, dtype=mask_dtype).masked_fill(~attention, torch.finfo(mask_dtype).min)
+    masks = {}
+    for layer_type, window in (windows or {"full_attention": None}).items():
+        allowed = attention
+        if window is not None:
+            allowed = attention & (position_ids.unsqueeze(-1) - position_ids.unsqueeze(-2) < window)
+        if mask_dtype != torch.bool:
+            allowed = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
+        masks[layer_type] = allowed.unsqueeze(1)
+    mask = next(iter(masks.values())) if len(masks) == 1 else masks
     rollout, token, row, position = (torch.tensor(column, dtype=torch.long) for column in zip(*index or [(0,) * 4]))
     if not index:  # only empty completions: nothing is scored
         rollout, token, row, position = (column[:0] for column in (rollout, token, row, position))
-    return PackedRows(input_ids, position_ids, mask.unsqueeze(1), padded_labels, rollout, token, row, position)
+    return PackedRows(input_ids, position_ids, mask, padded_labels, rollout, token, row, position)

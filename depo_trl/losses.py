@@ -85,12 +85,16 @@ def importance_weighted_terms(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     level: IWLevel = "token",
+    delta: float | None = None,
 ) -> torch.Tensor:
     """Per-token DePO-IW loss `-min(w * A, clip(w, 1 - epsilon_low, 1 + epsilon_high) * A)`, shape `(B, T)`; with
-    `level="sequence"` each row's value is its sequence-level term, repeated over its tokens."""
+    `level="sequence"` each row's value is its sequence-level term, repeated over its tokens. `delta` (TRL's two-sided
+    clipping) caps the unclipped ratio `w` at `delta`, as TRL does for the proxy loss."""
     log_weights = importance_log_weights(long_logps, old_short_logps, completion_mask, level)
     ratio = torch.exp(log_weights)
     clipped_ratio = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    if delta is not None:
+        ratio = torch.clamp(ratio, max=delta)
     advantages = advantages.unsqueeze(-1)
     return (-torch.min(ratio * advantages, clipped_ratio * advantages)).expand_as(long_logps)
 

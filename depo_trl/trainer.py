@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,10 +23,11 @@ from datasets import Dataset, IterableDataset
 from torch.utils.checkpoint import checkpoint
 from transformers.utils import logging
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
 from .config import DePOConfig
-from .long_context import pack_rows, plan_long_pass
+from .long_context import layer_attention_windows, pack_rows, plan_long_pass
 from .losses import (
     distillation_mask,
     importance_clip_mask,
@@ -49,6 +51,28 @@ def mixed_rollout_uses_long_prompt(row_key: str, seed: int, step: int) -> bool:
     """
     digest = hashlib.blake2b(f"{seed}:{step}:{row_key}".encode(), digest_size=8).digest()
     return digest[-1] & 1 == 1
+
+
+@dataclass
+class LongContextBatch:
+    """The long-context pass's view of one process's generation batch, indexed by rollout (`rollout_index`).
+
+    Built once per generation batch and carried by every micro-batch cut from it (`inputs["long_context"]`). The last
+    two fields are filled in by the pass: token weights per optimizer window, log-probs per chunk.
+    """
+
+    long_prompt_ids: list[torch.Tensor]  # per rollout, unpadded, rendered with the chat template
+    completion_ids: torch.Tensor  # (B, T), right-padded
+    completion_mask: torch.Tensor  # (B, T)
+    loss_mask: torch.Tensor  # completion tokens that carry a loss (tool-output tokens excluded)
+    distilled_mask: torch.Tensor  # KD: loss tokens of rollouts over the reward threshold; IW: the loss mask
+    advantages: torch.Tensor  # (B,)
+    old_logps: torch.Tensor | None  # IW: behaviour log-probs under the short prompt (pi_old)
+    sampling_logps: torch.Tensor | None  # vLLM's sampling log-probs, when TRL has them
+    sampling_ratio: torch.Tensor | None  # TRL's vLLM importance-sampling correction, when enabled
+    tokens_in_batch: torch.Tensor  # distilled tokens over all processes (KD / DAPO normaliser)
+    long_logps: torch.Tensor  # (B, T) float32, detached: filled chunk by chunk
+    token_weights: torch.Tensor  # (B, T) float32: filled window by window
 
 
 def _row_key(row: dict[str, Any]) -> str:
@@ -161,7 +185,6 @@ class DePOTrainer(GRPOTrainer):
                     )
         self._policy_logps_sink: list[torch.Tensor] | None = None
         self._rollout_rewards: torch.Tensor | None = None
-        self._distillation_batch: dict[str, Any] | None = None
         self._warned_no_sharing = False
         # YAML of the recipe the run was launched with, if any; the model card reproduces it.
         self.recipe: str | None = None
@@ -227,9 +250,13 @@ class DePOTrainer(GRPOTrainer):
         return dataset
 
     def _rollout_inputs(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The rows with `prompt` replaced by `long_prompt` where the rollout context asks for it."""
+        """The rows with `prompt` replaced by `long_prompt` where the rollout context asks for it.
+
+        Evaluation samples from the long prompt for `rollout_context="long"` and from the short one otherwise: the
+        'Short-Long' coin flip is a training choice, and evaluating on it would make eval rewards a random mixture.
+        """
         context = self.args.rollout_context
-        if context == "short":
+        if context == "short" or (context == "mixed" and not self.model.training):
             return inputs
         if context == "long":
             return [{**row, "prompt": row["long_prompt"]} for row in inputs]
@@ -271,10 +298,15 @@ class DePOTrainer(GRPOTrainer):
         # Travels with each rollout through TRL's shuffle and split, so the long pass can find a micro-batch's rows
         output["rollout_index"] = torch.arange(len(inputs), device=self.accelerator.device)
         if self.args.distillation != "none":
-            self._distillation_batch = self._long_context_batch(output, inputs, all_rewards)
+            # One reference per rollout: TRL's shuffle and split hand the state to every micro-batch cut from this
+            # generation batch, and to no other, so an evaluation in between cannot replace it.
+            state = self._long_context_batch(output, inputs, all_rewards)
+            output["long_context"] = [state] * len(inputs)
         return output
 
-    def _long_context_batch(self, output: dict[str, Any], inputs: list[dict[str, Any]], all_rewards: torch.Tensor):
+    def _long_context_batch(
+        self, output: dict[str, Any], inputs: list[dict[str, Any]], all_rewards: torch.Tensor
+    ) -> LongContextBatch:
         """What the long pass needs for every rollout of the local generation batch, and the batch-level metrics.
 
         The long prompt is tokenized with the short prompt's chat template (TRL's `_tokenize_prompts`).
@@ -282,12 +314,13 @@ class DePOTrainer(GRPOTrainer):
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
         long_prompt_ids, _, _ = self._tokenize_prompts([row["long_prompt"] for row in inputs])
-        lengths = torch.tensor([len(ids) for ids in long_prompt_ids], device=device)
+        all_lengths = self.accelerator.gather(torch.tensor([len(ids) for ids in long_prompt_ids], device=device))
         limit = self.args.max_long_prompt_length
-        if limit is not None and int(lengths.max()) > limit:
+        if limit is not None and int(all_lengths.max()) > limit:  # decided on the gathered lengths: every process
             raise ValueError(
-                f"A long prompt of {int(lengths.max())} tokens exceeds max_long_prompt_length={limit}; rows over the "
-                "limit should have been dropped at construction. Was the dataset changed after building the trainer?"
+                f"A long prompt of {int(all_lengths.max())} tokens exceeds max_long_prompt_length={limit}. Rows over "
+                "the limit are dropped when the trainer is built; a dataset passed to evaluate() or changed later is "
+                "not filtered. Filter it, or raise max_long_prompt_length."
             )
         loss_mask = output["completion_mask"]
         if "tool_mask" in output:
@@ -305,31 +338,33 @@ class DePOTrainer(GRPOTrainer):
         total_tokens = self.accelerator.gather(distilled.sum().float()).sum()
         self._metrics[mode]["depo/kd_fraction"].append(distilled_fraction.item())
         self._metrics[mode]["depo/kd_tokens"].append(total_tokens.item())
-        self._metrics[mode]["depo/long_prompt_tokens"].append(self.accelerator.gather(lengths).float().mean().item())
-        return {
-            "long_prompt_ids": [torch.tensor(ids, device=device) for ids in long_prompt_ids],
-            "completion_ids": output["completion_ids"],
-            "completion_mask": output["completion_mask"],
-            "loss_mask": loss_mask,
-            "distilled_mask": distilled,
-            "rewards": output["rewards"],
-            "advantages": output["advantages"],
-            "old_logps": old_logps,
-            "tokens_in_batch": total_tokens,
-            "long_logps": torch.zeros_like(loss_mask, dtype=torch.float32),
-            "token_weights": torch.zeros_like(loss_mask, dtype=torch.float32),
-        }
+        self._metrics[mode]["depo/long_prompt_tokens"].append(all_lengths.float().mean().item())
+        return LongContextBatch(
+            long_prompt_ids=[torch.tensor(ids, device=device) for ids in long_prompt_ids],
+            completion_ids=output["completion_ids"],
+            completion_mask=output["completion_mask"],
+            loss_mask=loss_mask,
+            distilled_mask=distilled,
+            advantages=output["advantages"],
+            old_logps=old_logps,
+            sampling_logps=output.get("sampling_per_token_logps"),
+            sampling_ratio=output.get("importance_sampling_ratio"),
+            tokens_in_batch=total_tokens,
+            long_logps=torch.zeros_like(loss_mask, dtype=torch.float32),
+            token_weights=torch.zeros_like(loss_mask, dtype=torch.float32),
+        )
 
     def _behaviour_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Log-probs of the rollouts under the short prompt with the weights that sampled them (DePO-IW's `pi_old`).
 
         TRL skips this pass when its own loss can use the current log-probs; the long pass of a later micro-batch
-        cannot, so it is run here, without gradients, once per generation batch.
+        cannot, so it is run here, without gradients, once per generation batch (and, like TRL's own no-grad passes,
+        without gradient checkpointing).
         """
         input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         batch_size = self.args.per_device_train_batch_size if self.model.training else None
-        with torch.no_grad():
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             logps, _, _ = super()._get_per_token_logps_and_entropies(
                 self.model, input_ids, attention_mask, output["completion_ids"].size(1), batch_size=batch_size
             )
@@ -378,48 +413,53 @@ class DePOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         if self.args.distillation == "none":
             return super()._compute_loss(model, inputs)
+        state: LongContextBatch = inputs["long_context"][0]
         with self._capture_policy_logps() as captured:
             proxy_loss = super()._compute_loss(model, inputs)
         distillation_loss = torch.zeros((), device=proxy_loss.device)
         window = inputs.get("distillation_window")
         if window is not None:
-            distillation_loss = distillation_loss + self._window_long_pass(model, window)
+            distillation_loss = distillation_loss + self._window_long_pass(model, state, window)
         if self.args.distillation == "kd":
-            distillation_loss = distillation_loss + self._kd_value(inputs, captured[0])
-        self._log_micro_batch_metrics(inputs, captured[0], distillation_loss)
+            distillation_loss = distillation_loss + self._kd_value(state, inputs["rollout_index"], captured[0])
+        self._log_micro_batch_metrics(state, inputs["rollout_index"], captured[0], distillation_loss)
         return proxy_loss + self.args.distillation_coef * distillation_loss
 
-    def _window_token_weights(self, window: list[dict[str, Any]], rows: torch.Tensor) -> torch.Tensor:
+    def _window_token_weights(
+        self, state: LongContextBatch, window: list[dict[str, Any]], rows: torch.Tensor
+    ) -> torch.Tensor:
         """Per-token weights of the window's rollouts: the loss is `sum(weights * per-token term)`.
 
         Gradients are averaged over processes and summed over accumulation steps, so a token sum divided by
         (tokens in the generation batch / processes * accumulation steps per generation) is the global mean; GRPO and
         BNPO reductions weight rows by their own micro-batch, like TRL's proxy loss.
         """
-        batch = self._distillation_batch
         training = self.model.training
         accumulation = self.current_gradient_accumulation_steps if training else 1
         steps_per_generation = self.args.steps_per_generation if training else 1
         global_normalizer = (
-            batch["tokens_in_batch"].clamp(min=1.0) / self.accelerator.num_processes * accumulation
+            state.tokens_in_batch.clamp(min=1.0) / self.accelerator.num_processes * accumulation
         ) / steps_per_generation
         if self.args.distillation == "kd" or self.loss_type == "dapo":
-            return batch["distilled_mask"][rows] / global_normalizer
+            return state.distilled_mask[rows] / global_normalizer
         weights = []
         for micro_batch in window:
-            mask = batch["loss_mask"][micro_batch["rollout_index"]]
+            mask = state.loss_mask[micro_batch["rollout_index"]]
             weights.append(iw_token_weights(mask, self.loss_type) / accumulation)
         return torch.cat(weights)
 
-    def _window_long_pass(self, model, window: list[dict[str, Any]]) -> torch.Tensor:
-        """The long-context term of an optimizer window: its gradient, and for DePO-IW its value too."""
-        batch = self._distillation_batch
+    def _window_long_pass(self, model, state: LongContextBatch, window: list[dict[str, Any]]) -> torch.Tensor:
+        """The long-context term of an optimizer window: its gradient, and for DePO-IW its value too.
+
+        Collective-safe: every process runs the same number of chunk forwards, and the window's metrics are reduced
+        once, after the chunks, never inside one (a chunk's forward is run again during the backward).
+        """
         rows = torch.cat([micro_batch["rollout_index"] for micro_batch in window])
-        batch["token_weights"][rows] = self._window_token_weights(window, rows)
+        state.token_weights[rows] = self._window_token_weights(state, window, rows)
         if self.args.distillation == "kd":  # only correct rollouts go through the long context
-            rows = rows[(batch["token_weights"][rows] > 0).any(-1)]
+            rows = rows[(state.token_weights[rows] > 0).any(-1)]
         share = self._long_prefix_sharing_enabled()
-        prompt_keys = [tuple(batch["long_prompt_ids"][row].tolist()) for row in rows.tolist()]
+        prompt_keys = [tuple(state.long_prompt_ids[row].tolist()) for row in rows.tolist()]
         chunks = plan_long_pass(prompt_keys, self.args.distillation_micro_batch_size, share)
         # ZeRO-3 / FSDP: every process must run as many forwards; extra chunks are one row with zero weight
         num_chunks = int(self.accelerator.gather(torch.tensor([len(chunks)], device=rows.device)).max())
@@ -430,33 +470,39 @@ class DePOTrainer(GRPOTrainer):
                 weight_scale = 1.0
             else:
                 chunk_rows, weight_scale = [[0]], 0.0
-            chunk_losses.append(self._chunk_loss(model, chunk_rows, share, weight_scale))
+            chunk_losses.append(self._chunk_loss(model, state, chunk_rows, share, weight_scale))
+        if self.args.distillation == "iw":
+            self._log_clip_ratio(state, rows)
         # No process has anything to distil: every process skips the pass alike
         return torch.stack(chunk_losses).sum() if chunk_losses else torch.zeros((), device=rows.device)
 
     def _long_prefix_sharing_enabled(self) -> bool:
         if not self.args.share_long_prefix:
             return False
-        implementation = getattr(self.accelerator.unwrap_model(self.model).config, "_attn_implementation", None)
-        if implementation in ("sdpa", "eager"):
+        config = self.accelerator.unwrap_model(self.model).config
+        implementation = getattr(config, "_attn_implementation", None)
+        if implementation not in ("sdpa", "eager"):
+            reason = f"an attention implementation that takes a 4D mask ('sdpa' or 'eager'), not {implementation!r}"
+        elif layer_attention_windows(config) is None:
+            reason = f"full or sliding-window attention layers, not {sorted(set(config.layer_types))}"
+        else:
             return True
         if not self._warned_no_sharing:
-            logger.warning(
-                f"share_long_prefix needs an attention implementation that takes a 4D mask ('sdpa' or 'eager'), "
-                f"not {implementation!r}: the long pass recomputes each rollout's long prompt."
-            )
+            logger.warning(f"share_long_prefix needs {reason}: the long pass recomputes each rollout's long prompt.")
             self._warned_no_sharing = True
         return False
 
-    def _chunk_loss(self, model, chunk_rows: list[list[int]], share: bool, weight_scale: float) -> torch.Tensor:
+    def _chunk_loss(
+        self, model, state: LongContextBatch, chunk_rows: list[list[int]], share: bool, weight_scale: float
+    ) -> torch.Tensor:
         """Weighted long-context loss of one chunk. With `distillation_micro_batch_size` set and gradients on, the
         chunk's activations are recomputed during the backward (activation checkpointing), so memory holds one
         chunk at a time while the step keeps the single backward that DeepSpeed's accumulation bookkeeping expects."""
         rollouts = torch.tensor([rollout for row in chunk_rows for rollout in row], device=self.accelerator.device)
 
         def chunk_loss(*_):
-            long_logps = self._long_logps(model, chunk_rows, share)
-            return self._weighted_terms(rollouts, long_logps, weight_scale), long_logps.detach()
+            long_logps = self._long_logps(model, state, chunk_rows, share)
+            return self._weighted_terms(state, rollouts, long_logps, weight_scale), long_logps.detach()
 
         if self.args.distillation_micro_batch_size is not None and torch.is_grad_enabled():
             dummy = torch.ones((), device=rollouts.device, requires_grad=True)  # gives checkpoint an input to track
@@ -464,16 +510,15 @@ class DePOTrainer(GRPOTrainer):
         else:
             loss, long_logps = chunk_loss()
         if weight_scale:
-            self._distillation_batch["long_logps"][rollouts] = long_logps.float()
+            state.long_logps[rollouts] = long_logps.float()
         return loss
 
-    def _long_logps(self, model, chunk_rows: list[list[int]], share: bool) -> torch.Tensor:
+    def _long_logps(self, model, state: LongContextBatch, chunk_rows: list[list[int]], share: bool) -> torch.Tensor:
         """Completion-token log-probs `(rollouts, T)` under the long prompts, in `chunk_rows` order."""
-        batch = self._distillation_batch
-        completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+        completion_ids, completion_mask = state.completion_ids, state.completion_mask
         rollouts = [rollout for row in chunk_rows for rollout in row]
         if not share:
-            prompts = [batch["long_prompt_ids"][rollout] for rollout in rollouts]
+            prompts = [state.long_prompt_ids[rollout] for rollout in rollouts]
             prompt_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
             prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
             input_ids = torch.cat([prompt_ids, completion_ids[rollouts]], dim=1)
@@ -484,20 +529,25 @@ class DePOTrainer(GRPOTrainer):
             return logps
         rows = [
             (
-                batch["long_prompt_ids"][row[0]],
+                state.long_prompt_ids[row[0]],
                 [(rollout, completion_ids[rollout][completion_mask[rollout].bool()]) for rollout in row],
             )
             for row in chunk_rows
         ]
+        config = self.accelerator.unwrap_model(model).config
         # SDPA takes a boolean mask as is; eager attention adds the mask to its scores, so it gets an additive one
-        implementation = self.accelerator.unwrap_model(model).config._attn_implementation
-        mask_dtype = torch.bool if implementation == "sdpa" else torch.float32
-        packed = pack_rows(rows, self._tokenizer.pad_token_id, mask_dtype=mask_dtype)
+        mask_dtype = torch.bool if config._attn_implementation == "sdpa" else torch.float32
+        packed = pack_rows(rows, self._tokenizer.pad_token_id, layer_attention_windows(config), mask_dtype)
         device = self.accelerator.device
+        attention_mask = packed.attention_mask
+        if isinstance(attention_mask, dict):
+            attention_mask = {layer_type: mask.to(device) for layer_type, mask in attention_mask.items()}
+        else:
+            attention_mask = attention_mask.to(device)
         with self.accelerator.autocast():
             log_probs = model(
                 input_ids=packed.input_ids.to(device),
-                attention_mask=packed.attention_mask.to(device),
+                attention_mask=attention_mask,
                 position_ids=packed.position_ids.to(device),
                 labels=packed.labels.to(device),
                 fused_lm_head=True,
@@ -508,54 +558,66 @@ class DePOTrainer(GRPOTrainer):
         values = log_probs[packed.row.to(device), packed.position.to(device) - 1]
         return logps.index_put((target, packed.token.to(device)), values)
 
-    def _weighted_terms(self, rollouts: torch.Tensor, long_logps: torch.Tensor, weight_scale: float) -> torch.Tensor:
+    def _weighted_terms(
+        self, state: LongContextBatch, rollouts: torch.Tensor, long_logps: torch.Tensor, weight_scale: float
+    ) -> torch.Tensor:
         """Sum of weighted per-token terms. KD: `sg(long) - long` (value 0, gradient of L_KD; its value is added per
-        micro-batch by `_kd_value`, once the proxy pass has computed the short-context teacher). IW: the full loss."""
-        batch = self._distillation_batch
-        weights = batch["token_weights"][rollouts] * weight_scale
+        micro-batch by `_kd_value`, once the proxy pass has computed the short-context teacher). IW: the full loss,
+        corrected like TRL's proxy loss for rollouts that vLLM sampled (importance-sampling ratio, off-policy mask)."""
+        weights = state.token_weights[rollouts] * weight_scale
         if self.args.distillation == "kd":
             terms = long_logps.detach() - long_logps
         else:
+            loss_mask = state.loss_mask[rollouts]
+            advantages = state.advantages[rollouts]
             terms = importance_weighted_terms(
                 long_logps,
-                batch["old_logps"][rollouts],
-                batch["advantages"][rollouts],
-                batch["loss_mask"][rollouts],
+                state.old_logps[rollouts],
+                advantages,
+                loss_mask,
                 self.epsilon_low,
                 self.epsilon_high,
                 self.importance_sampling_level,
+                delta=self.args.delta,
             )
-            if weight_scale:
-                self._log_clip_ratio(long_logps.detach(), rollouts)
+            if self.off_policy_mask_threshold is not None:
+                sampling_logps = state.sampling_logps if state.sampling_logps is not None else state.old_logps
+                terms = terms * self.get_off_policy_mask(
+                    advantages.unsqueeze(-1),
+                    long_logps,
+                    sampling_logps[rollouts],
+                    loss_mask,
+                    self.off_policy_mask_threshold,
+                )
+            if state.sampling_ratio is not None:
+                terms = terms * state.sampling_ratio[rollouts]
         return torch.where(weights > 0, terms * weights, torch.zeros_like(terms)).sum()
 
-    def _kd_value(self, inputs: dict[str, Any], short_logps: torch.Tensor) -> torch.Tensor:
+    def _kd_value(self, state: LongContextBatch, rows: torch.Tensor, short_logps: torch.Tensor) -> torch.Tensor:
         """The value of this micro-batch's share of L_KD (no gradient): `sum(weights * (short - long))`."""
-        batch = self._distillation_batch
-        rows = inputs["rollout_index"]
-        gap = short_logps - batch["long_logps"][rows]
-        weights = batch["token_weights"][rows]
+        gap = short_logps - state.long_logps[rows]
+        weights = state.token_weights[rows]
         return torch.where(weights > 0, gap * weights, torch.zeros_like(gap)).sum()
 
-    def _log_micro_batch_metrics(self, inputs, short_logps: torch.Tensor, distillation_loss: torch.Tensor) -> None:
+    def _log_micro_batch_metrics(
+        self, state: LongContextBatch, rows: torch.Tensor, short_logps: torch.Tensor, distillation_loss: torch.Tensor
+    ) -> None:
         mode = "train" if self.model.training else "eval"
-        batch = self._distillation_batch
-        rows = inputs["rollout_index"]
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
         # Per micro-batch, times the accumulation steps: averaged over a step's micro-batches, the step's value
         value = self.accelerator.gather(distillation_loss.detach() * accumulation).mean()
         self._metrics[mode]["depo/kd_loss"].append(value.item())
-        distilled = batch["distilled_mask"][rows]
-        gap = (short_logps - batch["long_logps"][rows]) * distilled
+        distilled = state.distilled_mask[rows]
+        gap = (short_logps - state.long_logps[rows]) * distilled
         self._metrics[mode]["depo/logp_gap"].append(self._global_mean(gap.sum(), distilled.sum()))
 
-    def _log_clip_ratio(self, long_logps: torch.Tensor, rollouts: torch.Tensor) -> None:
+    def _log_clip_ratio(self, state: LongContextBatch, rows: torch.Tensor) -> None:
+        """Share of clipped importance ratios over the window's rollouts, from the log-probs the chunks recorded."""
         mode = "train" if self.model.training else "eval"
-        batch = self._distillation_batch
-        loss_mask = batch["loss_mask"][rollouts].float()
+        loss_mask = state.loss_mask[rows].float()
         level = self.importance_sampling_level
-        log_weights = importance_log_weights(long_logps, batch["old_logps"][rollouts], loss_mask, level)
-        clipped = importance_clip_mask(log_weights, batch["advantages"][rollouts], self.epsilon_low, self.epsilon_high)
+        log_weights = importance_log_weights(state.long_logps[rows], state.old_logps[rows], loss_mask, level)
+        clipped = importance_clip_mask(log_weights, state.advantages[rows], self.epsilon_low, self.epsilon_high)
         if level == "sequence":  # one ratio per rollout
             present = (loss_mask.sum(-1, keepdim=True) > 0).float()
             value = self._global_mean((clipped.float() * present).sum(), present.sum())

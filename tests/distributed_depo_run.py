@@ -1,22 +1,69 @@
-"""Two-process DePO run for tests/test_distributed.py: `accelerate launch --cpu --num_processes 2 THIS MODEL_DIR OUT`.
+"""Two-process DePO runs for tests/test_distributed.py: `accelerate launch --multi_gpu --num_processes 2 THIS ...`.
 
-Each step, process 0 gets the rollouts of the prompt that is always rewarded and process 1 those of the prompt that
-never is, so one process distils and the other runs only the zero-weighted long pass. With a third argument (the
-`distillation_micro_batch_size`, e.g. 1) the two processes have different chunk counts (2 and 0). Each process writes,
-per step, how many of its rollouts passed the threshold.
+Scenarios (the second argument):
+- `one-process-correct`: process 0 gets the rollouts of the prompt that is always rewarded, process 1 those of the
+  prompt that never is, so one process distils and the other runs only the zero-weighted long pass. With
+  `--micro-batch-size 1` the two processes have different chunk counts (2 and 0).
+- `uneven-chunks`: three prompts per process; process 0's share one long prompt, process 1's have three different
+  ones, so the shared-prefix pass with `--micro-batch-size 3` plans 2 chunks on process 0 and 3 on process 1 (DePO-IW;
+  with KD, process 1 has no correct rollout and plans none).
+- `overlong-eval`: `evaluate()` on a dataset where one process's long prompt exceeds `max_long_prompt_length`.
+
+Each process writes `rank<r>.json`: per step how many of its rollouts passed, the log history and a digest of its
+parameters; or, when training stops with a `ValueError`, the message.
 """
 
+import argparse
+import hashlib
 import json
 import os
-import sys
 
+import torch
 from datasets import Dataset
 
 from depo_trl import DePOConfig, DePOTrainer
 from depo_trl.model_utils import load_tokenizer
 
 
-def main(model_dir: str, output_dir: str, distillation_micro_batch_size: int | None) -> None:
+TEXT = "alba was born in rome . bruno was born in oslo . Question : Where was {} born ?"
+
+
+def conversation(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def scenario_rows(scenario: str) -> list[dict]:
+    if scenario == "one-process-correct":
+        return [{"prompt": conversation(TEXT.format(p)), "long_prompt": conversation(TEXT.format(p) * 3)} for p in
+                ("alba", "bruno")]  # fmt: skip
+    people = ["alba", "alba", "alba", "bruno", "carla", "dario"]
+    shared = TEXT.format("alba") * 3
+    return [
+        {
+            "prompt": conversation(TEXT.format(person) + f" {index}"),
+            "long_prompt": conversation(shared if index < 3 else TEXT.format(person) * (2 + index)),
+        }
+        for index, person in enumerate(people)
+    ]
+
+
+def parameter_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("scenario", choices=["one-process-correct", "uneven-chunks", "overlong-eval"])
+    parser.add_argument("output_dir")
+    parser.add_argument("--distillation", default="kd")
+    parser.add_argument("--micro-batch-size", type=int, default=None)
+    args = parser.parse_args()
+
     correct_rollouts_per_step = []
 
     def reward(prompts, completions, **kwargs):
@@ -24,46 +71,56 @@ def main(model_dir: str, output_dir: str, distillation_micro_batch_size: int | N
         correct_rollouts_per_step.append(int(sum(rewards)))
         return rewards
 
-    text = "alba was born in rome . bruno was born in oslo . Question : Where was {} born ?"
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": text.format(person)}],
-            "long_prompt": [{"role": "user", "content": text.format(person) * 3}],
-        }
-        for person in ("alba", "bruno")
-    ]
-    args = DePOConfig(
-        output_dir=output_dir,
-        per_device_train_batch_size=2,
+    rows = scenario_rows(args.scenario)
+    prompts_per_process = 3 if args.scenario == "uneven-chunks" else 1
+    config = DePOConfig(
+        output_dir=args.output_dir,
+        distillation=args.distillation,
+        per_device_train_batch_size=2 * prompts_per_process,
+        per_device_eval_batch_size=2,
         num_generations=2,
         max_completion_length=4,
         max_steps=3,
         logging_steps=1,
+        learning_rate=1e-3,
         report_to="none",
         save_strategy="no",
         use_cpu=True,
         bf16=False,
         shuffle_dataset=False,
-        distillation_micro_batch_size=distillation_micro_batch_size,
+        distillation_micro_batch_size=args.micro_batch_size,
+        max_long_prompt_length=200 if args.scenario == "overlong-eval" else None,
     )
+    torch.manual_seed(0)
     trainer = DePOTrainer(
-        model=model_dir,
+        model=args.model_dir,
         reward_funcs=reward,
-        args=args,
+        args=config,
         train_dataset=Dataset.from_list(rows),
-        processing_class=load_tokenizer(model_dir),
+        processing_class=load_tokenizer(args.model_dir),
     )
-    trainer.train()
-    rank = trainer.accelerator.process_index
     assert trainer.accelerator.num_processes == 2, "expected a two-process launch"
-    with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
-        json.dump(
-            {"correct_rollouts_per_step": correct_rollouts_per_step, "log_history": trainer.state.log_history}, handle
-        )
+    rank = trainer.accelerator.process_index
+    result = {}
+    try:
+        if args.scenario == "overlong-eval":
+            # A dataset given to evaluate() directly was never filtered at construction
+            evaluation = rows[:1] + [{"prompt": rows[1]["prompt"], "long_prompt": conversation(TEXT * 40)}]
+            trainer.evaluate(eval_dataset=Dataset.from_list(evaluation))
+        else:
+            trainer.train()
+            result = {
+                "correct_rollouts_per_step": correct_rollouts_per_step,
+                "log_history": trainer.state.log_history,
+                "parameters": parameter_digest(trainer.model),
+            }
+    except ValueError as error:
+        result = {"error": str(error)}
+    with open(os.path.join(args.output_dir, f"rank{rank}.json"), "w") as handle:
+        json.dump(result, handle)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    main()
     # Same exit as depo_trl.depo.cli: skip the process group's teardown, which can hang under load (gloo)
-    sys.stdout.flush()
     os._exit(0)

@@ -1,3 +1,5 @@
+"""Two CPU processes (torchrun with gloo): uneven work per process must neither hang nor desynchronise the model."""
+
 import json
 import os
 import subprocess
@@ -6,40 +8,62 @@ import sys
 import pytest
 
 
+def launch(model_dir, output_dir, scenario: str, *options: str, port: int = 29517) -> subprocess.CompletedProcess:
+    script = os.path.join(os.path.dirname(__file__), "distributed_depo_run.py")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        script, model_dir, scenario, str(output_dir), *options,
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    # `--multi_gpu` on a machine without CUDA starts torchrun with the gloo backend (`--cpu` would start one process).
+    # A hang (a process skipping a collective the other makes) shows up as a timeout here.
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+
+
+def rank_results(output_dir) -> list[dict]:
+    return [json.load(open(output_dir / f"rank{rank}.json")) for rank in (0, 1)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("micro_batch_size", [None, 1], ids=["one-chunk", "chunks-differ-per-process"])
 def test_two_processes_where_only_one_has_correct_rollouts_complete(tiny_model_dir, tmp_path, micro_batch_size):
-    script = os.path.join(os.path.dirname(__file__), "distributed_depo_run.py")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        script,
-        tiny_model_dir,
-        str(tmp_path),
-        *([] if micro_batch_size is None else [str(micro_batch_size)]),
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    # `--multi_gpu` on a machine without CUDA starts torchrun with the gloo backend (`--cpu` would start one process).
-    # A hang (a process skipping the long-context forward) shows up as a timeout here.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    options = [] if micro_batch_size is None else ["--micro-batch-size", str(micro_batch_size)]
+    result = launch(tiny_model_dir, tmp_path, "one-process-correct", *options)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    ranks = [json.load(open(tmp_path / f"rank{rank}.json")) for rank in (0, 1)]
+    ranks = rank_results(tmp_path)
     per_step = list(zip(ranks[0]["correct_rollouts_per_step"], ranks[1]["correct_rollouts_per_step"]))
     assert len(per_step) == 3
     assert all(sorted(counts) == [0, 2] for counts in per_step), per_step
     step_logs = [log for log in ranks[0]["log_history"] if "loss" in log]
     assert [log["depo/kd_fraction"] for log in step_logs] == [0.5, 0.5, 0.5]
     assert all(log["depo/kd_tokens"] > 0 for log in step_logs)
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distillation", ["kd", "iw"])
+def test_uneven_chunk_counts_finish_with_identical_parameters(tiny_model_dir, tmp_path, distillation):
+    # Shared prefix, 3 rollouts per chunk: process 0 plans 2 chunks; process 1 plans 3 (IW) or none (KD)
+    result = launch(
+        tiny_model_dir, tmp_path, "uneven-chunks", "--distillation", distillation, "--micro-batch-size", "3"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = rank_results(tmp_path)
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    step_logs = [log for log in ranks[0]["log_history"] if "loss" in log]
+    assert len(step_logs) == 3
+    if distillation == "iw":
+        assert all(0.0 <= log["depo/iw_clip_ratio"] <= 1.0 for log in step_logs)
+    else:
+        assert [log["depo/kd_fraction"] for log in step_logs] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.slow
+def test_an_overlong_long_prompt_on_one_process_stops_both(tiny_model_dir, tmp_path):
+    result = launch(tiny_model_dir, tmp_path, "overlong-eval")
+    assert result.returncode == 0, result.stderr[-4000:]
+    errors = [rank["error"] for rank in rank_results(tmp_path)]
+    assert errors[0] == errors[1]
+    assert "max_long_prompt_length=200" in errors[0]

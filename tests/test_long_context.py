@@ -21,7 +21,8 @@ def test_plan_groups_rollouts_by_prompt_and_bounds_chunks():
 
 
 def test_packed_rows_by_hand():
-    packed = pack_rows([(torch.tensor([7, 8, 9]), [(0, torch.tensor([1, 2])), (3, torch.tensor([5]))])], 0, torch.bool)
+    packed_input = [(torch.tensor([7, 8, 9]), [(0, torch.tensor([1, 2])), (3, torch.tensor([5]))])]
+    packed = pack_rows(packed_input, 0, mask_dtype=torch.bool)
     # [7, 8 | 9, 1, 2 | 9, 5]: the last prompt token opens each segment
     assert packed.input_ids.tolist() == [[7, 8, 9, 1, 2, 9, 5]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3]]
@@ -34,6 +35,13 @@ def test_packed_rows_by_hand():
         (0, 1, 4),
         (3, 0, 6),
     ]
+    # With a window of 2 positions, sliding layers keep keys fewer than 2 positions behind: token 5 (position 3) sees
+    # the repeated prompt token (position 2) and itself, not the prefix at positions 0 and 1.
+    windows = {"full_attention": None, "sliding_attention": 2}
+    sliding = pack_rows(packed_input, 0, windows, mask_dtype=torch.bool).attention_mask
+    assert torch.equal(sliding["full_attention"], packed.attention_mask)
+    assert sliding["sliding_attention"][0, 0].int().tolist()[6] == [0, 0, 0, 0, 0, 1, 1]
+    assert sliding["sliding_attention"][0, 0].int().tolist()[4] == [0, 0, 0, 1, 1, 0, 0]
 
 
 def uneven_dataset() -> Dataset:
@@ -47,13 +55,13 @@ def shorten_completions(trainer, batch, lengths):
     batch["completion_mask"] = batch["completion_mask"].clone()
     for row, length in enumerate(lengths):
         batch["completion_mask"][row, length:] = 0
-    state = trainer._distillation_batch
-    state["completion_mask"] = state["loss_mask"] = batch["completion_mask"]
+    state = batch["long_context"][0]
+    state.completion_mask = state.loss_mask = batch["completion_mask"]
     if trainer.args.distillation == "kd":
-        state["distilled_mask"] = distillation_mask(batch["completion_mask"], batch["rewards"])
+        state.distilled_mask = distillation_mask(batch["completion_mask"], batch["rewards"])
     else:
-        state["distilled_mask"] = batch["completion_mask"]
-    state["tokens_in_batch"] = state["distilled_mask"].sum().float()
+        state.distilled_mask = batch["completion_mask"]
+    state.tokens_in_batch = state.distilled_mask.sum().float()
     batch["num_items_in_batch"] = batch["completion_mask"].sum()
 
 
@@ -74,13 +82,13 @@ def test_shared_and_chunked_long_pass_match_the_naive_gradient(tiny_model_dir, t
     naive = make_trainer(tiny_model_dir, dataset, tmp_path / "naive", share_long_prefix=False, **common)
     batch = generation_batch(naive, dataset, num_prompts=2)
     shorten_completions(naive, batch, [6, 3, 6, 2, 5, 6, 1, 4])
-    state = naive._distillation_batch
-    assert len({len(ids) for ids in state["long_prompt_ids"]}) == 2
-    reference = accumulated_gradients(naive, [batch], state)
+    state = batch["long_context"][0]
+    assert len({len(ids) for ids in state.long_prompt_ids}) == 2
+    reference = accumulated_gradients(naive, [batch])
 
     other = make_trainer(tiny_model_dir, dataset, tmp_path / "other", **common, **variant)
     other.model.train()
-    gradients = accumulated_gradients(other, [dict(batch)], state)
+    gradients = accumulated_gradients(other, [dict(batch)])
     assert reference.keys() == gradients.keys()
     # float32: the packed and chunked passes sum the same terms in another order
     for name, grad in reference.items():

@@ -10,6 +10,7 @@ from depo_trl.losses import (
     importance_clip_mask,
     importance_log_weights,
     importance_weighted_loss,
+    importance_weighted_terms,
 )
 
 
@@ -101,6 +102,15 @@ def test_iw_sequence_level_uses_the_geometric_mean_ratio():
     # Row 0: d(-s*A)/dlogp_t = -A * s / n_tokens, then the mean over 2 rows. Row 1 is clipped: no gradient.
     expected_grad = torch.tensor([[-ratio0 / 3 / 2] * 3, [0.0, 0.0, 0.0]])
     torch.testing.assert_close(long_logps.grad, expected_grad)
+
+
+def test_iw_delta_caps_the_unclipped_ratio_like_trl_two_sided_clipping():
+    long_logps, old = iw_inputs()
+    terms = importance_weighted_terms(long_logps, old, ADVANTAGES, IW_MASK, 0.2, 0.2, "token", delta=1.25)
+    # Row 1, A=-2: ratio 1.3 is capped at delta 1.25: -min(1.25 * -2, 1.2 * -2) = 2.5 instead of 2.6. Row 0, A=+1:
+    # the clip at 1.2 binds before the cap does.
+    torch.testing.assert_close(terms[1, 1], torch.tensor(2.5))
+    torch.testing.assert_close(terms[0], torch.tensor([-1.2, -0.5, -1.1]))
 
 
 def test_iw_zero_advantages_give_zero_loss_and_no_nan():

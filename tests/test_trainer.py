@@ -23,7 +23,9 @@ def alternating_reward(completions, **kwargs):
     return [float(index % 2 == 0) for index in range(len(completions))]
 
 
-def make_trainer(model_dir, dataset, output_dir, reward=alternating_reward, **overrides):
+def make_trainer(
+    model_dir, dataset, output_dir, reward=alternating_reward, eval_dataset=None, model=None, **overrides
+):
     settings = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": NUM_GENERATIONS,
@@ -40,10 +42,11 @@ def make_trainer(model_dir, dataset, output_dir, reward=alternating_reward, **ov
     }
     settings.update(overrides)
     return DePOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        model=model if model is not None else AutoModelForCausalLM.from_pretrained(model_dir),
         reward_funcs=reward,
         args=DePOConfig(**settings),
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=load_tokenizer(model_dir),
     )
 
@@ -54,13 +57,9 @@ def generation_batch(trainer, dataset, num_prompts):
     return trainer._generate_and_score_completions(rows)
 
 
-def accumulated_gradients(trainer, micro_batches, distillation_batch=None):
+def accumulated_gradients(trainer, micro_batches):
     """Gradients summed over `micro_batches` as one optimizer window, the way `Trainer.training_step` sums them."""
-    if distillation_batch is not None:  # the generation batch's long-pass state, as `_prepare_inputs` leaves it
-        trainer._distillation_batch = {
-            key: value.clone() if isinstance(value, torch.Tensor) else value
-            for key, value in distillation_batch.items()
-        }
+    if trainer.args.distillation != "none":
         trainer._assign_distillation_windows(micro_batches, len(micro_batches))
     trainer.model.zero_grad()
     trainer.current_gradient_accumulation_steps = len(micro_batches)
@@ -114,12 +113,11 @@ def test_gradient_is_the_same_for_batch_8_ga_1_and_batch_4_ga_2(
     batch = generation_batch(one_step, tiny_dataset, num_prompts=2)
     assert 0 < batch["rewards"].sum() < 8
 
-    distillation_batch = one_step._distillation_batch
     torch.manual_seed(1)  # scatter the prompts' rollouts over the two micro-batches, as TRL does
     micro_batches = split_tensor_dict(shuffle_sequence_dict(batch), 2)
-    reference = accumulated_gradients(one_step, [batch], distillation_batch)
+    reference = accumulated_gradients(one_step, [batch])
     two_steps.model.train()
-    split = accumulated_gradients(two_steps, micro_batches, distillation_batch)
+    split = accumulated_gradients(two_steps, micro_batches)
     assert reference.keys() == split.keys()
     for name, grad in reference.items():
         torch.testing.assert_close(split[name], grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -161,11 +159,13 @@ def test_long_prompt_is_rendered_with_the_chat_template(tiny_model_dir, tiny_dat
     tokenizer = trainer.processing_class
     text = tokenizer.apply_chat_template(tiny_dataset[0]["long_prompt"], tokenize=False, add_generation_prompt=True)
     expected = tokenizer(text, add_special_tokens=False)["input_ids"]
-    for ids in trainer._distillation_batch["long_prompt_ids"]:
+    state = batch["long_context"][0]
+    assert all(other is state for other in batch["long_context"])
+    for ids in state.long_prompt_ids:
         assert ids.tolist() == list(expected)
     assert tokenizer.decode(expected).startswith("<|im_start|> user")
     assert batch["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0]
-    assert trainer._distillation_batch["tokens_in_batch"].item() == batch["completion_mask"][0::2].sum().item()
+    assert state.tokens_in_batch.item() == batch["completion_mask"][0::2].sum().item()
 
 
 def test_missing_long_prompt_column_is_a_clear_error(tiny_model_dir, tiny_dataset, tmp_path):

@@ -42,6 +42,7 @@ class VLLMBackend:
             max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size,
             enable_prefix_caching=True,
+            generation_config="vllm",  # the sampling parameters below, not the model's saved defaults
         )
 
     def generate(self, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int, desc: str) -> list[str]:

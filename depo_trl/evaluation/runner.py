@@ -52,6 +52,20 @@ class EvalSettings:
     max_new_tokens: int | None = None
     batch_size: int = 8
 
+    def __post_init__(self):
+        for task in self.tasks:
+            budget = self.answer_budget(task)
+            if self.max_length <= budget:
+                default = "" if self.max_new_tokens else f", the default for --prompt-style {self.prompt_style}"
+                raise ValueError(
+                    f"--max-length {self.max_length} leaves no room for the prompt after --max-new-tokens {budget} "
+                    f"({budget} new tokens{default}, task {task}): raise --max-length or lower --max-new-tokens."
+                )
+
+    def answer_budget(self, task: str) -> int:
+        """New tokens generated for `task`: `max_new_tokens`, or the prompt style's default."""
+        return self.max_new_tokens or default_max_new_tokens(task, self.prompt_style)
+
 
 def parse_tasks(spec: str) -> list[str]:
     """Comma-separated task names; `moderate`, `extended`, `ruler` and `all` expand to their tasks."""
@@ -96,7 +110,7 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict[str, fl
         path = os.path.join(folder, f"{task}.jsonl")
         done = _read_predictions(path)
         todo = [example for example in examples if example.id not in done]
-        max_new_tokens = settings.max_new_tokens or default_max_new_tokens(task, settings.prompt_style)
+        max_new_tokens = settings.answer_budget(task)
         if todo:
             backend = backend or make_backend(settings.backend, model, settings.max_length, settings.batch_size)
         for start in range(0, len(todo), GENERATION_CHUNK):

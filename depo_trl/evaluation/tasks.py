@@ -79,6 +79,8 @@ def default_max_new_tokens(task: str, prompt_style: str) -> int:
 
 def truncate_middle(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> tuple[str, int]:
     """LongBench's truncation: keep the first and last `max_tokens / 2` tokens. Returns the text and its length."""
+    if max_tokens < 1:
+        raise ValueError(f"A prompt must keep at least one token, got a budget of {max_tokens}.")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= max_tokens:
         return text, len(ids)
