@@ -78,6 +78,14 @@ class PackedRows:
     position: torch.Tensor
 
 
+def _causal_band(size: int, window: int | None) -> torch.Tensor:
+    """`(size, size)` boolean: causal attention, limited to keys fewer than `window` positions behind (None: all)."""
+    allowed = torch.ones(size, size, dtype=torch.bool).tril()
+    if window is not None:
+        allowed &= ~torch.ones(size, size, dtype=torch.bool).tril(-window)
+    return allowed
+
+
 def pack_rows(
     rows: Sequence[tuple[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]],
     pad_token_id: int,
@@ -92,51 +100,57 @@ def pack_rows(
     per layer type, a sliding window keeping keys fewer than `window` positions behind the query; with one layer type
     the mask is a tensor, with several a dict keyed by layer type.
     """
-    sequences, positions, allowed, labels, index = [], [], [], [], []
+    windows = dict(windows or {"full_attention": None})
+    sequences, positions, labels, index = [], [], [], []
+    allowed: dict[str, list[torch.Tensor]] = {layer_type: [] for layer_type in windows}
     for row_number, (prompt_ids, completions) in enumerate(rows):
         prefix = prompt_ids[:-1]
         length = len(prefix) + sum(1 + len(completion) for _, completion in completions)
-        row_allowed = torch.zeros(length, length, dtype=torch.bool)
-        row_allowed[: len(prefix), : len(prefix)] = torch.ones(len(prefix), len(prefix), dtype=torch.bool).tril()
+        row_allowed = {layer_type: torch.zeros(length, length, dtype=torch.bool) for layer_type in windows}
+        for layer_type, window in windows.items():
+            row_allowed[layer_type][: len(prefix), : len(prefix)] = _causal_band(len(prefix), window)
         pieces, piece_positions = [prefix], [torch.arange(len(prefix))]
         row_labels = torch.full((length,), -100, dtype=torch.long)
         start = len(prefix)
         for rollout, completion in completions:
             segment = torch.cat([prompt_ids[-1:], completion])
             end = start + len(segment)
-            row_allowed[start:end, : len(prefix)] = True
-            row_allowed[start:end, start:end] = torch.ones(len(segment), len(segment), dtype=torch.bool).tril()
+            segment_positions = torch.arange(len(prefix), len(prefix) + len(segment))
+            for layer_type, window in windows.items():
+                # The segment sees the prompt prefix (within the window) and itself causally
+                sees_prefix = True
+                if window is not None:
+                    sees_prefix = torch.arange(len(prefix)) > segment_positions.unsqueeze(-1) - window
+                row_allowed[layer_type][start:end, : len(prefix)] = sees_prefix
+                row_allowed[layer_type][start:end, start:end] = _causal_band(len(segment), window)
             row_labels[start + 1 : end] = completion
             pieces.append(segment)
-            piece_positions.append(torch.arange(len(prefix), len(prefix) + len(segment)))
+            piece_positions.append(segment_positions)
             index += [(rollout, token, row_number, start + 1 + token) for token in range(len(completion))]
             start = end
         sequences.append(torch.cat(pieces))
         positions.append(torch.cat(piece_positions))
-        allowed.append(row_allowed)
         labels.append(row_labels)
+        for layer_type in windows:
+            allowed[layer_type].append(row_allowed[layer_type])
     width = max(len(sequence) for sequence in sequences)
     batch = len(rows)
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((batch, width), dtype=torch.long)
     padded_labels = torch.full((batch, width), -100, dtype=torch.long)
-    attention = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
-    for row_number, (sequence, position, row_allowed, row_labels) in enumerate(
-        zip(sequences, positions, allowed, labels)
-    ):
+    for row_number, (sequence, position, row_labels) in enumerate(zip(sequences, positions, labels)):
         size = len(sequence)
         input_ids[row_number, :size] = sequence
         position_ids[row_number, :size] = position
         padded_labels[row_number, :size] = row_labels
-        attention[row_number, :size, :size] = row_allowed
     masks = {}
-    for layer_type, window in (windows or {"full_attention": None}).items():
-        allowed = attention
-        if window is not None:
-            allowed = attention & (position_ids.unsqueeze(-1) - position_ids.unsqueeze(-2) < window)
+    for layer_type, row_masks in allowed.items():
+        mask = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
+        for row_number, row_mask in enumerate(row_masks):
+            mask[row_number, : len(row_mask), : len(row_mask)] = row_mask
         if mask_dtype != torch.bool:
-            allowed = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
-        masks[layer_type] = allowed.unsqueeze(1)
+            mask = torch.zeros(mask.shape, dtype=mask_dtype).masked_fill(~mask, torch.finfo(mask_dtype).min)
+        masks[layer_type] = mask.unsqueeze(1)
     mask = next(iter(masks.values())) if len(masks) == 1 else masks
     rollout, token, row, position = (torch.tensor(column, dtype=torch.long) for column in zip(*index or [(0,) * 4]))
     if not index:  # only empty completions: nothing is scored

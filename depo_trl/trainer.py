@@ -46,8 +46,8 @@ _LENGTH_CHECK_BATCH_SIZE = 256
 def mixed_rollout_uses_long_prompt(row_key: str, seed: int, step: int) -> bool:
     """Coin flip of the 'Short-Long' baseline: whether a row's rollout group is sampled from its long prompt.
 
-    A pure function of `(seed, step, row_key)`, so all `num_generations` copies of a row, on every process, agree, and
-    a resumed run makes the same choices. Probability 1/2 over rows and steps.
+    A pure function of `(seed, step, row_key)`, so all `num_generations` copies of a row, on every process, agree.
+    Probability 1/2 over rows and steps. (A resumed run generates at other steps, so it draws other coins.)
     """
     digest = hashlib.blake2b(f"{seed}:{step}:{row_key}".encode(), digest_size=8).digest()
     return digest[-1] & 1 == 1
@@ -68,8 +68,8 @@ class LongContextBatch:
     distilled_mask: torch.Tensor  # KD: loss tokens of rollouts over the reward threshold; IW: the loss mask
     advantages: torch.Tensor  # (B,)
     old_logps: torch.Tensor | None  # IW: behaviour log-probs under the short prompt (pi_old)
-    sampling_logps: torch.Tensor | None  # vLLM's sampling log-probs, when TRL has them
     sampling_ratio: torch.Tensor | None  # TRL's vLLM importance-sampling correction, when enabled
+    off_policy_mask: torch.Tensor | None  # (B, 1), TRL's off-policy sequence mask, when a threshold is set
     tokens_in_batch: torch.Tensor  # distilled tokens over all processes (KD / DAPO normaliser)
     long_logps: torch.Tensor  # (B, T) float32, detached: filled chunk by chunk
     token_weights: torch.Tensor  # (B, T) float32: filled window by window
@@ -281,7 +281,7 @@ class DePOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         rollout_inputs = self._rollout_inputs(inputs)
-        if rollout_inputs is not inputs:
+        if self.args.rollout_context != "short":
             contexts = ["short" if rollout is row else "long" for rollout, row in zip(rollout_inputs, inputs)]
             self._log_completion_extra("rollout_context", contexts)
         output = super()._generate_and_score_completions(rollout_inputs)
@@ -335,6 +335,19 @@ class DePOTrainer(GRPOTrainer):
         else:  # DePO-IW: every rollout takes part, its advantage carries the sign
             distilled = loss_mask
             distilled_fraction = torch.ones((), device=device)
+        off_policy_mask = None
+        if self.args.distillation == "iw" and self.off_policy_mask_threshold is not None:
+            # The rollouts TRL's mask would drop for the sampler's drift from pi_old (vLLM vs trainer, short context),
+            # decided once per generation batch: a KL against the long-context policy would count the context gap
+            # that DePO-IW learns, and drop most negative-advantage rollouts from the term.
+            sampling_logps = output.get("sampling_per_token_logps", old_logps)
+            off_policy_mask = self.get_off_policy_mask(
+                output["advantages"].unsqueeze(-1),
+                old_logps,
+                sampling_logps,
+                loss_mask,
+                self.off_policy_mask_threshold,
+            )
         total_tokens = self.accelerator.gather(distilled.sum().float()).sum()
         self._metrics[mode]["depo/kd_fraction"].append(distilled_fraction.item())
         self._metrics[mode]["depo/kd_tokens"].append(total_tokens.item())
@@ -347,8 +360,8 @@ class DePOTrainer(GRPOTrainer):
             distilled_mask=distilled,
             advantages=output["advantages"],
             old_logps=old_logps,
-            sampling_logps=output.get("sampling_per_token_logps"),
             sampling_ratio=output.get("importance_sampling_ratio"),
+            off_policy_mask=off_policy_mask,
             tokens_in_batch=total_tokens,
             long_logps=torch.zeros_like(loss_mask, dtype=torch.float32),
             token_weights=torch.zeros_like(loss_mask, dtype=torch.float32),
@@ -381,7 +394,8 @@ class DePOTrainer(GRPOTrainer):
         return inputs
 
     def _assign_distillation_windows(self, micro_batches: list[dict[str, Any]], accumulation_steps: int) -> None:
-        """Hand each optimizer window's rollouts to the window's first micro-batch.
+        """Hand each optimizer window's rollouts (the `rollout_index` of each of its micro-batches) to the window's
+        first micro-batch.
 
         TRL shuffles a generation batch's rollouts across micro-batches, which scatters a prompt's rollouts. The long
         pass regroups them: it runs once per optimizer window (the `accumulation_steps` micro-batches whose gradients
@@ -390,8 +404,9 @@ class DePOTrainer(GRPOTrainer):
         """
         for start in range(0, len(micro_batches), accumulation_steps):
             window = micro_batches[start : start + accumulation_steps]
+            rollouts = [micro_batch["rollout_index"] for micro_batch in window]
             for position, micro_batch in enumerate(window):
-                micro_batch["distillation_window"] = window if position == 0 else None
+                micro_batch["distillation_window"] = rollouts if position == 0 else None
 
     # ------------------------------------------------------------------ loss
 
@@ -426,7 +441,7 @@ class DePOTrainer(GRPOTrainer):
         return proxy_loss + self.args.distillation_coef * distillation_loss
 
     def _window_token_weights(
-        self, state: LongContextBatch, window: list[dict[str, Any]], rows: torch.Tensor
+        self, state: LongContextBatch, window: list[torch.Tensor], rows: torch.Tensor
     ) -> torch.Tensor:
         """Per-token weights of the window's rollouts: the loss is `sum(weights * per-token term)`.
 
@@ -442,19 +457,16 @@ class DePOTrainer(GRPOTrainer):
         ) / steps_per_generation
         if self.args.distillation == "kd" or self.loss_type == "dapo":
             return state.distilled_mask[rows] / global_normalizer
-        weights = []
-        for micro_batch in window:
-            mask = state.loss_mask[micro_batch["rollout_index"]]
-            weights.append(iw_token_weights(mask, self.loss_type) / accumulation)
+        weights = [iw_token_weights(state.loss_mask[rollouts], self.loss_type) / accumulation for rollouts in window]
         return torch.cat(weights)
 
-    def _window_long_pass(self, model, state: LongContextBatch, window: list[dict[str, Any]]) -> torch.Tensor:
+    def _window_long_pass(self, model, state: LongContextBatch, window: list[torch.Tensor]) -> torch.Tensor:
         """The long-context term of an optimizer window: its gradient, and for DePO-IW its value too.
 
         Collective-safe: every process runs the same number of chunk forwards, and the window's metrics are reduced
         once, after the chunks, never inside one (a chunk's forward is run again during the backward).
         """
-        rows = torch.cat([micro_batch["rollout_index"] for micro_batch in window])
+        rows = torch.cat(window)
         state.token_weights[rows] = self._window_token_weights(state, window, rows)
         if self.args.distillation == "kd":  # only correct rollouts go through the long context
             rows = rows[(state.token_weights[rows] > 0).any(-1)]
@@ -568,27 +580,18 @@ class DePOTrainer(GRPOTrainer):
         if self.args.distillation == "kd":
             terms = long_logps.detach() - long_logps
         else:
-            loss_mask = state.loss_mask[rollouts]
-            advantages = state.advantages[rollouts]
             terms = importance_weighted_terms(
                 long_logps,
                 state.old_logps[rollouts],
-                advantages,
-                loss_mask,
+                state.advantages[rollouts],
+                state.loss_mask[rollouts],
                 self.epsilon_low,
                 self.epsilon_high,
                 self.importance_sampling_level,
                 delta=self.args.delta,
             )
-            if self.off_policy_mask_threshold is not None:
-                sampling_logps = state.sampling_logps if state.sampling_logps is not None else state.old_logps
-                terms = terms * self.get_off_policy_mask(
-                    advantages.unsqueeze(-1),
-                    long_logps,
-                    sampling_logps[rollouts],
-                    loss_mask,
-                    self.off_policy_mask_threshold,
-                )
+            if state.off_policy_mask is not None:
+                terms = terms * state.off_policy_mask[rollouts]
             if state.sampling_ratio is not None:
                 terms = terms * state.sampling_ratio[rollouts]
         return torch.where(weights > 0, terms * weights, torch.zeros_like(terms)).sum()

@@ -233,18 +233,24 @@ def test_iw_term_is_corrected_by_vllm_importance_sampling_ratio(
         torch.testing.assert_close(corrected_long_term[name], ratio * long_term[name], rtol=1e-3, atol=1e-6)
 
 
-def test_iw_term_applies_trl_off_policy_mask(tiny_model_dir, tiny_dataset, tmp_path):
-    # A threshold below any KL: the mask drops every rollout with a negative advantage, which for the IW term is the
-    # same as a zero advantage
-    masked = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, distillation="iw", off_policy_mask_threshold=-1e9)
+@pytest.mark.parametrize("threshold", [-1e9, 0.0], ids=["drops-negative-advantages", "no-sampler-drift"])
+def test_iw_term_applies_trl_off_policy_mask(tiny_model_dir, tiny_dataset, tmp_path, threshold):
+    """TRL's mask keeps a rollout with a negative advantage only if the sampler's KL from pi_old is at most the
+    threshold. Without vLLM the sampler is pi_old (KL 0): a threshold below 0 drops every negative-advantage rollout
+    (for the IW term, the same as a zero advantage); a threshold of 0 keeps all, though the long-context policy is far
+    from the short-context sampler."""
+    masked = make_trainer(
+        tiny_model_dir, tiny_dataset, tmp_path, distillation="iw", off_policy_mask_threshold=threshold
+    )
     batch = generation_batch(masked, tiny_dataset, num_prompts=2)
     assert (batch["advantages"] < 0).any()
     _, masked_long_term = proxy_and_long_term_gradients(masked, batch)
     reference = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, distillation="iw")
     reference_batch = generation_batch(reference, tiny_dataset, num_prompts=2)
     assert torch.equal(reference_batch["completion_ids"], batch["completion_ids"])
-    state = reference_batch["long_context"][0]
-    state.advantages = state.advantages.clamp(min=0.0)
+    if threshold < 0:
+        state = reference_batch["long_context"][0]
+        state.advantages = state.advantages.clamp(min=0.0)
     _, reference_long_term = proxy_and_long_term_gradients(reference, reference_batch)
     for name, gradient in reference_long_term.items():
         torch.testing.assert_close(masked_long_term[name], gradient, rtol=1e-4, atol=1e-7)
