@@ -7,7 +7,6 @@ back to the repository's fixtures and a byte-level BPE trained here on them. `--
 different ids, to time more rows over the same paragraph pool. Prints rows per second (a benchmark, not a test).
 """
 
-import argparse
 import os
 import time
 
@@ -17,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 from depo_trl.data.builder import ContextBuilder, length_statistics
 from depo_trl.data.sources import adapt, read_records
 from depo_trl.model_utils import CHATML_TEMPLATE, load_tokenizer
+from depo_trl.user_errors import ArgumentParser, check_model_source, positive_int, reports_usage_errors, require_file
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,16 +31,27 @@ def local_bpe(texts: list[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", default=os.path.join(SHARED, "tokenizers", "qwen2-1.5b-instruct"))
-    parser.add_argument("--input", default=os.path.join(SHARED, "real", "musique_sample.jsonl"))
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    if not os.path.isfile(args.input):
-        args.input = os.path.join(ROOT, "tests", "fixtures", "musique_sample.jsonl")
+@reports_usage_errors("python benchmarks/build_data.py")
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python benchmarks/build_data.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", default=None, help="Default: the Qwen2 tokenizer in ../shared, if present.")
+    parser.add_argument("--input", default=None, help="Default: the MuSiQue sample in ../shared, else the fixtures.")
+    parser.add_argument("--repeat", type=positive_int, default=3)
+    args = parser.parse_args(argv)
+    # Only the defaults fall back; a path the user gave must exist
+    if args.input is not None:
+        require_file("--input", args.input)
+    else:
+        args.input = os.path.join(SHARED, "real", "musique_sample.jsonl")
+        if not os.path.isfile(args.input):
+            args.input = os.path.join(ROOT, "tests", "fixtures", "musique_sample.jsonl")
+    if args.tokenizer is not None:
+        check_model_source("--tokenizer", args.tokenizer, what="tokenizer")
+    else:
+        shared_tokenizer = os.path.join(SHARED, "tokenizers", "qwen2-1.5b-instruct")
+        args.tokenizer = shared_tokenizer if os.path.isdir(shared_tokenizer) else None
     examples, _ = adapt("musique", read_records(args.input))
-    if os.path.isdir(args.tokenizer):
+    if args.tokenizer is not None:
         tokenizer, tokenizer_name = load_tokenizer(args.tokenizer), args.tokenizer
     else:
         texts = [p.text for example in examples for p in (*example.gold, *example.own_distractors)]

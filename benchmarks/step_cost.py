@@ -14,7 +14,6 @@ GPU (`--device cuda`): the long pass alone on a randomly initialised model of re
 backward) and shared prefix; time and peak CUDA memory of forward + backward.
 """
 
-import argparse
 import os
 import statistics
 import threading
@@ -24,6 +23,8 @@ import warnings
 import psutil
 import torch
 from datasets import Dataset
+
+from depo_trl.user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors
 
 
 def alternate_correct(completions, **kwargs):
@@ -248,23 +249,26 @@ def gpu_benchmark(args) -> None:
     print(f"long_pass_ratio={shared / naive:.3f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@reports_usage_errors("python benchmarks/step_cost.py")
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python benchmarks/step_cost.py", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--generations", type=int, default=8)
-    parser.add_argument("--completion-tokens", type=int, default=24)
-    parser.add_argument("--long-distractors", type=int, default=56, help="CPU: about 10x the short prompt.")
-    parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--layers", type=int, default=None)
-    parser.add_argument("--long-tokens", type=int, default=16384, help="GPU: long prompt length.")
-    parser.add_argument("--rollouts", type=int, default=8, help="GPU: distilled rollouts of the prompt.")
-    parser.add_argument("--chunk", type=int, default=2, help="GPU: rollouts per chunk for the chunked pass.")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=positive_int, default=4)
+    parser.add_argument("--prompts", type=positive_int, default=4)
+    parser.add_argument("--generations", type=positive_int, default=8)
+    parser.add_argument("--completion-tokens", type=positive_int, default=24)
+    parser.add_argument("--long-distractors", type=positive_int, default=56, help="CPU: about 10x the short prompt.")
+    parser.add_argument("--hidden", type=positive_int, default=None)
+    parser.add_argument("--layers", type=positive_int, default=None)
+    parser.add_argument("--long-tokens", type=positive_int, default=16384, help="GPU: long prompt length.")
+    parser.add_argument("--rollouts", type=positive_int, default=8, help="GPU: distilled rollouts of the prompt.")
+    parser.add_argument("--chunk", type=positive_int, default=2, help="GPU: rollouts per chunk for the chunked pass.")
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--run-dir", default="runs/step_cost")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; run the CPU variant (the default).")
     if args.device == "cuda":
         args.hidden, args.layers = args.hidden or 2048, args.layers or 4
         args.completion_tokens = max(args.completion_tokens, 512)

@@ -8,7 +8,6 @@ table (long EM, short EM, chance, seconds per step, total seconds; mean +- std o
 and JSON, plus a PNG of long-context EM against wall time per arm. A benchmark, not a test: it takes a while.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -18,6 +17,13 @@ import torch
 
 from depo_trl.data.synthetic import generate_rows
 from depo_trl.demo import ARMS, EVAL_SEED, ToySettings, evaluate, train_arm, warm_start
+from depo_trl.user_errors import (
+    ArgumentParser,
+    check_model_source,
+    positive_int,
+    reports_usage_errors,
+    writable_folder,
+)
 
 
 def mean_std(values: list[float]) -> str:
@@ -89,14 +95,18 @@ def plot(results: list[dict], baseline: dict, path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+@reports_usage_errors("python benchmarks/toy_benchmark.py")
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python benchmarks/toy_benchmark.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=positive_int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--run-dir", default="runs/toy_benchmark")
     parser.add_argument("--warm-start-dir", default=None, help="Reuse a warm start (e.g. runs/demo/warm_start).")
     parser.add_argument("--skip-equal-time", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    writable_folder("--run-dir", args.run_dir)
+    if args.warm_start_dir is not None:
+        check_model_source("--warm-start-dir", args.warm_start_dir)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     settings = ToySettings()
     os.makedirs(args.run_dir, exist_ok=True)

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .losses import IW_REDUCTIONS
+from .user_errors import UsageError
 
 
 # (rollout_context, distillation) -> what the paper calls it. Every comparison in the paper runs through this table.
@@ -103,30 +104,30 @@ class DePOConfig(GRPOConfig):
             valid = "; ".join(
                 f"rollout_context={r!r}, distillation={d!r} ({name})" for (r, d), name in VALID_COMBINATIONS.items()
             )
-            raise ValueError(
+            raise UsageError(
                 f"rollout_context={self.rollout_context!r} with distillation={self.distillation!r} is not a DePO "
                 f"configuration. The valid combinations are: {valid}."
             )
         if self.distillation_coef < 0:
-            raise ValueError(f"distillation_coef must be >= 0, got {self.distillation_coef}.")
+            raise UsageError(f"distillation_coef must be >= 0, got {self.distillation_coef}.")
         if self.distillation == "iw" and self.loss_type not in IW_REDUCTIONS:
-            raise ValueError(
+            raise UsageError(
                 f"distillation='iw' follows the proxy's token normalisation, which is defined for loss_type in "
                 f"{IW_REDUCTIONS}; got loss_type={self.loss_type!r}."
             )
         steps, accumulation = self.steps_per_generation, self.gradient_accumulation_steps
         if self.distillation != "none" and steps % accumulation and accumulation % steps:
-            raise ValueError(
+            raise UsageError(
                 f"The long-context pass runs once per optimizer window of a generation batch, so one of "
                 f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
             )
         if self.distillation_micro_batch_size is not None and self.distillation_micro_batch_size <= 0:
-            raise ValueError(
+            raise UsageError(
                 f"distillation_micro_batch_size must be a positive integer or None, got "
                 f"{self.distillation_micro_batch_size}."
             )
         if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
-            raise ValueError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
+            raise UsageError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
 
     @property
     def uses_long_prompt(self) -> bool:

@@ -8,7 +8,6 @@
 Everything goes under one run directory, named at the end. The same pieces drive `benchmarks/toy_benchmark.py`.
 """
 
-import argparse
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from .generation import generate_completions
 from .model_utils import build_tiny_qwen2, load_tokenizer, save_model_and_tokenizer
 from .rewards import em_reward, exact_match_score, extract_answer
 from .trainer import DePOTrainer
+from .user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, writable_folder
 
 
 # Arms of the paper's Table 3, by the DePOConfig settings that make them.
@@ -220,13 +220,17 @@ def format_results(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+@reports_usage_errors("python -m depo_trl.demo")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m depo_trl.demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/demo", help="Everything the demo writes goes here.")
-    parser.add_argument("--steps", type=int, default=80, help="Optimizer steps of the RL phase.")
+    parser.add_argument("--steps", type=positive_int, default=80, help="Optimizer steps of the RL phase.")
     parser.add_argument("--minutes", type=float, default=4.0, help="Stop the RL phase earlier after this long.")
     parser.add_argument("--arm", default="depo", choices=sorted(ARMS))
     args = parser.parse_args(argv)
+    writable_folder("--run-dir", args.run_dir)
+    if args.minutes <= 0:
+        raise UsageError(f"--minutes {args.minutes}: the RL phase needs a positive time budget.")
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside transformers/TRL
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     settings = ToySettings()

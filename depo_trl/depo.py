@@ -9,20 +9,32 @@ the last checkpoint in `output_dir`, saves the model and tokenizer, writes a mod
 `push_to_hub` is set.
 """
 
+import dataclasses
+import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import yaml
 from datasets import DatasetDict, load_dataset, load_from_disk
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from depo_trl.config import DePOConfig
 from depo_trl.model_utils import load_tokenizer
-from depo_trl.rewards import REWARD_FUNCTIONS
+from depo_trl.rewards import REWARD_FUNCTIONS, answer_column_problem
 from depo_trl.trainer import DePOTrainer
+from depo_trl.user_errors import (
+    UsageError,
+    check_dataset_source,
+    check_model_source,
+    hub_failure,
+    reports_usage_errors,
+    require_file,
+)
 
 
 @dataclass
@@ -56,43 +68,46 @@ def resolve_reward_funcs(names: list[str]) -> list[Callable]:
         try:
             funcs.append(getattr(importlib.import_module(module_path), attribute))
         except (ImportError, AttributeError, ValueError):
-            raise ValueError(
-                f"Unknown reward function {name!r}: use one of {sorted(REWARD_FUNCTIONS)} or an importable dotted "
-                "path such as 'my_lib.rewards.custom_reward'."
+            raise UsageError(
+                f"reward_funcs {name!r}: unknown reward function; use one of {sorted(REWARD_FUNCTIONS)} or an "
+                "importable dotted path such as 'my_lib.rewards.custom_reward'."
             ) from None
     if not funcs:
-        raise ValueError("reward_funcs is empty: set at least one reward function, e.g. `reward_funcs: [em]`.")
+        raise UsageError("reward_funcs []: no reward function; set at least one, e.g. `reward_funcs: [em]`.")
     return funcs
 
 
 _DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_BUILD_THE_DATA = "build it with `python -m depo_trl.data.build ...`, or pass a Hub dataset id you can reach"
 
 
 def load_depo_dataset(name: str, config: str | None = None, streaming: bool = False) -> DatasetDict:
-    """A DatasetDict from a local builder output / data file, or from the Hub."""
+    """A DatasetDict from a local builder output / data file, or from the Hub. Paths that look local are never looked
+    up on the Hub; what cannot be loaded is a [`UsageError`] naming `dataset_name`."""
+    check_dataset_source("dataset_name", name, _BUILD_THE_DATA)
     if os.path.isdir(name):
         try:
             dataset = load_from_disk(name)
         except FileNotFoundError:
-            raise ValueError(f"{name} is a folder but not a saved dataset (no dataset_dict.json).") from None
+            raise UsageError(
+                f"dataset_name {name}: a folder, but not a saved dataset (no dataset_dict.json or dataset_info.json); "
+                f"{_BUILD_THE_DATA}."
+            ) from None
         return dataset if isinstance(dataset, DatasetDict) else DatasetDict({"train": dataset})
-    extension = os.path.splitext(name)[1]
-    if extension in _DATA_FILE_BUILDERS:
-        if not os.path.isfile(name):
-            raise ValueError(
-                f"Dataset file {name} does not exist. Build the data with `python -m depo_trl.data.build ...` or "
-                "pass a Hub dataset id."
+    if os.path.isfile(name):
+        extension = os.path.splitext(name)[1]
+        if extension not in _DATA_FILE_BUILDERS:
+            raise UsageError(
+                f"dataset_name {name}: a {extension or 'extensionless'} file; pass a builder output folder or a "
+                f"{'/'.join(_DATA_FILE_BUILDERS)} file."
             )
+        if os.path.getsize(name) == 0:
+            raise UsageError(f"dataset_name {name}: the file is empty; {_BUILD_THE_DATA}.")
         return load_dataset(_DATA_FILE_BUILDERS[extension], data_files=name, streaming=streaming)
-    if name.startswith((".", "/", "~")):
-        raise ValueError(f"Dataset folder {name} does not exist. Build it with `python -m depo_trl.data.build ...`.")
     try:
         return load_dataset(name, config, streaming=streaming)
     except Exception as error:  # the Hub client raises many types; all mean the same thing to the user
-        raise ValueError(
-            f"Could not load the dataset {name!r} ({type(error).__name__}: {error}). Pass a Hub dataset id you can "
-            "reach, or a local folder built with `python -m depo_trl.data.build`."
-        ) from None
+        raise hub_failure("dataset_name", name, error, _BUILD_THE_DATA) from None
 
 
 def add_system_prompt(dataset: DatasetDict, system_prompt: str) -> DatasetDict:
@@ -122,8 +137,9 @@ def check_vllm_server(training_args: DePOConfig) -> None:
     except requests.exceptions.RequestException:
         healthy = False
     if not healthy:
-        raise ValueError(
-            f"use_vllm with vllm_mode='server', but no vLLM server answers at {base_url}/health. Start it first on "
+        raise UsageError(
+            f"vllm_server_port {training_args.vllm_server_port}: no vLLM server answers at {base_url}/health "
+            "(use_vllm with vllm_mode='server'). Start it first on "
             "GPUs the training does not use, e.g. `make vllm-serve RECIPE=<recipe> VLLM_GPUS=0`, and wait for "
             "'Application startup complete'; or set vllm_server_host/vllm_server_port (or vllm_server_base_url)."
         )
@@ -138,15 +154,16 @@ def main(
     """Train with a parsed recipe; returns the trainer (useful in notebooks and tests)."""
     reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
     if not script_args.dataset_name:
-        raise ValueError("No dataset: set `dataset_name` (Hub id, builder output folder, or data file).")
+        raise UsageError("dataset_name: not set; set it to a Hub id, a builder output folder, or a data file.")
     if not model_args.model_name_or_path:
-        raise ValueError("No model: set `model_name_or_path`.")
+        raise UsageError("model_name_or_path: not set; set it to a Hub id or a model folder.")
+    check_model_source("model_name_or_path", model_args.model_name_or_path)
     check_vllm_server(training_args)
     dataset = load_depo_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
-    if script_args.dataset_train_split not in dataset:
-        raise ValueError(
-            f"The dataset has no split {script_args.dataset_train_split!r} (it has {list(dataset)}); set "
-            "`dataset_train_split`."
+    settings = ["dataset_train_split"] + (["dataset_test_split"] if training_args.eval_strategy != "no" else [])
+    for setting in settings:
+        check_split(
+            dataset, setting, getattr(script_args, setting), script_args.dataset_name, reward_funcs, training_args
         )
     if script_args.system_prompt:
         dataset = add_system_prompt(dataset, script_args.system_prompt)
@@ -162,11 +179,14 @@ def main(
     if quantization_config is not None:
         model_init_kwargs["quantization_config"] = quantization_config
     training_args.model_init_kwargs = model_init_kwargs
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    try:
+        tokenizer = load_tokenizer(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+        )
+    except OSError as error:  # a Hub id that is neither cached nor reachable
+        raise hub_failure("model_name_or_path", model_args.model_name_or_path, error, "pass a model folder") from None
     eval_dataset = None
     if training_args.eval_strategy != "no":
         eval_dataset = dataset[script_args.dataset_test_split]
@@ -202,20 +222,81 @@ def main(
     return trainer
 
 
+def check_split(
+    dataset: DatasetDict, setting: str, split: str, name: str, reward_funcs: list[Callable], args: DePOConfig
+) -> None:
+    """The split that `setting` names exists, has rows, and has the columns the configuration and the built-in
+    rewards read. Run on every process alike, before training, so a bad dataset stops every process."""
+    if split not in dataset:
+        raise UsageError(f"{setting} {split}: dataset_name {name} has no such split (it has {list(dataset)}).")
+    columns = dataset[split].column_names or []
+    if hasattr(dataset[split], "__len__") and len(dataset[split]) == 0:
+        raise UsageError(f"dataset_name {name}: the {split} split has no rows; {_BUILD_THE_DATA}.")
+    if args.uses_long_prompt and "long_prompt" not in columns:
+        raise UsageError(
+            f"dataset_name {name}: the {split} split has no `long_prompt` column (it has {columns}), which "
+            f"rollout_context={args.rollout_context!r} with distillation={args.distillation!r} needs; build the data "
+            "with `python -m depo_trl.data.build`, or train the 'Short' baseline (distillation: none)."
+        )
+    if any(func in REWARD_FUNCTIONS.values() for func in reward_funcs) and columns:
+        problem = answer_column_problem(dataset[split]["answer"] if "answer" in columns else None)
+        if problem:
+            raise UsageError(f"dataset_name {name}: {split} split: {problem}.")
+
+
+class RecipeParser(TrlParser):
+    """TrlParser whose mistakes (an unknown key, a bad value, a missing recipe) are one-line [`UsageError`]s."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see depo-train --help)")
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((DePOScriptArguments, DePOConfig, ModelConfig), prog="depo-train")
+    return RecipeParser((DePOScriptArguments, DePOConfig, ModelConfig), prog="depo-train")
+
+
+def _known_settings() -> list[str]:
+    return [f.name for cls in (DePOScriptArguments, DePOConfig, ModelConfig) for f in dataclasses.fields(cls)]
+
+
+def _unknown_keys_message(error: ValueError, recipe_path: str | None) -> str | None:
+    """'recipe X: unknown setting distilation (did you mean distillation?)' for TrlParser's unknown-key errors."""
+    pattern = r"(Unknown arguments from config file|Some specified arguments are not used by the .*?): (\[.*\])"
+    match = re.match(pattern, str(error))
+    if not match:
+        return None
+    keys = [item.lstrip("-") for item in re.findall(r"'(--[^']+)'", match.group(2))]
+    known = _known_settings()
+    described = []
+    for key in keys:
+        close = difflib.get_close_matches(key, known, n=1)
+        described.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    where = f"recipe {recipe_path}" if match.group(1).startswith("Unknown arguments from config") else "command line"
+    return f"{where}: unknown setting {', '.join(described)}; see depo-train --help for every setting."
 
 
 def parse_recipe(argv: list[str] | None = None) -> tuple[DePOScriptArguments, DePOConfig, ModelConfig, str | None]:
-    """Parse `--config RECIPE.yaml` plus command-line overrides; unknown recipe keys are an error."""
+    """Parse `--config RECIPE.yaml` plus command-line overrides; unknown keys and bad values are [`UsageError`]s."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    recipe_path = argv[argv.index("--config") + 1] if "--config" in argv else None
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    recipe_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    if recipe_path is not None:
+        require_file("--config", recipe_path, "pass a recipe YAML such as recipes/tiny/depo.yaml")
+    try:
+        script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    except UsageError:
+        raise
+    except yaml.YAMLError as error:
+        raise UsageError(f"--config {recipe_path}: not valid YAML ({' '.join(str(error).split())}).") from None
+    except ValueError as error:  # TRL's parser, and the configs' own checks, report bad settings this way
+        message = _unknown_keys_message(error, recipe_path)
+        raise UsageError(message or f"recipe {recipe_path or '(command line)'}: {error}") from None
     return script_args, training_args, model_args, recipe_path
 
 
-def cli() -> None:
-    trainer = main(*parse_recipe())
+@reports_usage_errors("depo-train")
+def cli(argv: list[str] | None = None) -> None:
+    """The `depo-train` console script and `python depo_trl/depo.py`: parse a recipe, train, save."""
+    trainer = main(*parse_recipe(argv))
     if trainer.accelerator.num_processes > 1:
         # Freeing the DDP reducer after the gloo/NCCL group is gone can hang in the group's destructor (seen with
         # gloo on a loaded CPU). Every process has saved and synchronised: close the trackers and leave without

@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from .user_errors import UsageError
+
 
 _ANSWER_MARKER = re.compile(r"the answer is", re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -111,23 +113,33 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
     return content or ""
 
 
-def _gold_lists(answer: Sequence[str | Sequence[str]] | None, num_completions: int) -> list[list[str]]:
+def _gold_list(value: Any) -> list[str] | None:
+    """The gold strings of one `answer` value (a string or a non-empty list of strings); None if it is neither."""
+    gold = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    return gold if gold and all(isinstance(item, str) for item in gold) else None
+
+
+def answer_column_problem(answer: Sequence[Any] | None) -> str | None:
+    """What is wrong with an `answer` column for the EM/F1 rewards (missing, or a row that is not a string or a
+    non-empty list of strings), as a sentence naming the first bad row; None when every row is usable."""
     if answer is None:
-        raise ValueError(
-            "The EM/F1 rewards read the gold answers from an `answer` column (a string or a list of strings), but "
-            "the dataset has no such column. Add it, or pass another reward function."
+        return (
+            "no `answer` column, which the em/f1 rewards read (a string or a list of strings per row); add it, or "
+            "use another reward function"
         )
+    for row, value in enumerate(answer):
+        if _gold_list(value) is None:
+            return f"row {row}: `answer` must be a non-empty string or list of strings, got {value!r}; fix the dataset"
+    return None
+
+
+def _gold_lists(answer: Sequence[str | Sequence[str]] | None, num_completions: int) -> list[list[str]]:
+    problem = answer_column_problem(answer)
+    if problem:
+        raise UsageError(f"{problem[0].upper()}{problem[1:]}.")
     if len(answer) != num_completions:
         raise ValueError(f"Got {len(answer)} `answer` values for {num_completions} completions.")
-    golds = []
-    for row, value in enumerate(answer):
-        gold = [value] if isinstance(value, str) else list(value)
-        if not gold or not all(isinstance(item, str) for item in gold):
-            raise ValueError(
-                f"Row {row}: `answer` must be a non-empty string or list of strings, got {value!r}. Fix the dataset."
-            )
-        golds.append(gold)
-    return golds
+    return [_gold_list(value) for value in answer]
 
 
 def em_reward(completions: list, answer: list | None = None, **kwargs) -> list[float]:

@@ -35,6 +35,8 @@ from .losses import (
     importance_weighted_terms,
     iw_token_weights,
 )
+from .rewards import REWARD_FUNCTIONS, answer_column_problem
+from .user_errors import UsageError
 
 
 logger = logging.get_logger(__name__)
@@ -177,7 +179,7 @@ class DePOTrainer(GRPOTrainer):
         if args.uses_long_prompt:
             for split, dataset in _datasets_by_split(train_dataset, eval_dataset):
                 if "long_prompt" not in _column_names(dataset):
-                    raise ValueError(
+                    raise UsageError(
                         f"rollout_context={args.rollout_context!r} with distillation={args.distillation!r} needs a "
                         f"`long_prompt` column, but the {split} dataset has only {_column_names(dataset)}. Build the "
                         "data with `python -m depo_trl.data.build`, or train the 'Short' baseline with "
@@ -189,6 +191,12 @@ class DePOTrainer(GRPOTrainer):
         # YAML of the recipe the run was launched with, if any; the model card reproduces it.
         self.recipe: str | None = None
         super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
+        self._reads_answer_column = any(func in REWARD_FUNCTIONS.values() for func in self.reward_funcs)
+        if self._reads_answer_column:
+            for split, dataset in _datasets_by_split(train_dataset, eval_dataset):
+                columns = _column_names(dataset)
+                if "answer" not in columns:
+                    raise UsageError(f"The {split} dataset: {answer_column_problem(None)} (it has {columns}).")
 
         if args.uses_long_prompt and args.max_long_prompt_length is not None:
             self.train_dataset = self._drop_overlong_rows(self.train_dataset, "train")
@@ -279,7 +287,17 @@ class DePOTrainer(GRPOTrainer):
         self._rollout_rewards = rewards  # all processes' rollouts, in gather order
         return rewards_per_func
 
+    def _check_answers_on_every_process(self, inputs: list[dict[str, Any]]) -> None:
+        """A malformed `answer` in one process's rows stops every process with the same message: the built-in
+        rewards would raise on that process only, leaving the others waiting in TRL's reward gather."""
+        problem = answer_column_problem([row.get("answer") for row in inputs])
+        problems = [found for found in gather_object([problem]) if found]
+        if problems:
+            raise UsageError(f"A {'training' if self.model.training else 'evaluation'} batch: {problems[0]}.")
+
     def _generate_and_score_completions(self, inputs):
+        if self._reads_answer_column:
+            self._check_answers_on_every_process(inputs)
         rollout_inputs = self._rollout_inputs(inputs)
         if self.args.rollout_context != "short":
             contexts = ["short" if rollout is row else "long" for rollout, row in zip(rollout_inputs, inputs)]

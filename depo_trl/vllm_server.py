@@ -18,11 +18,13 @@ import yaml
 from trl.scripts.vllm_serve import ScriptArguments as VLLMServeArguments
 from trl.scripts.vllm_serve import build_command
 
+from .user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, require_file
+
 
 def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]) -> list[str]:
     """The `vllm serve` command line for `recipe` (a parsed YAML recipe)."""
     if not recipe.get("model_name_or_path"):
-        raise ValueError("The recipe has no `model_name_or_path`.")
+        raise UsageError(f"--config {args.config}: the recipe has no `model_name_or_path`; set it.")
     serve_args = VLLMServeArguments(
         model=recipe["model_name_or_path"],
         revision=recipe.get("model_revision"),
@@ -38,21 +40,34 @@ def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]
     return build_command(serve_args, extra_args)
 
 
+def read_recipe(path: str) -> dict:
+    """The recipe YAML as a mapping; a [`UsageError`] naming `--config` otherwise."""
+    require_file("--config", path, "pass the recipe the trainer will run")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            recipe = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--config {path}: not valid YAML ({' '.join(str(error).split())}).") from None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"--config {path}: a recipe is a YAML mapping of settings, got {type(recipe).__name__}.")
+    return recipe
+
+
+@reports_usage_errors("python -m depo_trl.vllm_server")
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m depo_trl.vllm_server", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.vllm_server", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="The DePO recipe the trainer will run.")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000, help="Must match the trainer's `vllm_server_port`.")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--max-model-len", type=int, default=None, help="Overrides the recipe's value.")
     parser.add_argument("--dry-run", action="store_true", help="Print the command and exit.")
     args = parser.parse_args(argv)
-    with open(args.config, encoding="utf-8") as handle:
-        recipe = yaml.safe_load(handle)
+    recipe = read_recipe(args.config)
     command = server_command(recipe, args, extra_args)
     printable = shlex.join(["VLLM_SERVER_DEV_MODE=1", "vllm", *command[command.index("serve") :]])
     if args.dry_run:

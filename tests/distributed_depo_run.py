@@ -8,6 +8,7 @@ Scenarios (the second argument):
   ones, so the shared-prefix pass with `--micro-batch-size 3` plans 2 chunks on process 0 and 3 on process 1 (DePO-IW;
   with KD, process 1 has no correct rollout and plans none).
 - `overlong-eval`: `evaluate()` on a dataset where one process's long prompt exceeds `max_long_prompt_length`.
+- `bad-answer`: the exact-match reward on rows where one process's row has an unusable `answer` ([]).
 
 Each process writes `rank<r>.json`: per step how many of its rollouts passed, the log history and a digest of its
 parameters; or, when training stops with a `ValueError`, the message.
@@ -23,6 +24,7 @@ from datasets import Dataset
 
 from depo_trl import DePOConfig, DePOTrainer
 from depo_trl.model_utils import load_tokenizer
+from depo_trl.rewards import em_reward
 
 
 TEXT = "alba was born in rome . bruno was born in oslo . Question : Where was {} born ?"
@@ -33,6 +35,9 @@ def conversation(text: str) -> list[dict[str, str]]:
 
 
 def scenario_rows(scenario: str) -> list[dict]:
+    if scenario == "bad-answer":
+        return [{"prompt": conversation(TEXT.format(p)), "long_prompt": conversation(TEXT.format(p) * 3),
+                 "answer": answer} for p, answer in (("alba", ["rome"]), ("bruno", []))]  # fmt: skip
     if scenario == "one-process-correct":
         return [{"prompt": conversation(TEXT.format(p)), "long_prompt": conversation(TEXT.format(p) * 3)} for p in
                 ("alba", "bruno")]  # fmt: skip
@@ -58,7 +63,7 @@ def parameter_digest(model) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
-    parser.add_argument("scenario", choices=["one-process-correct", "uneven-chunks", "overlong-eval"])
+    parser.add_argument("scenario", choices=["one-process-correct", "uneven-chunks", "overlong-eval", "bad-answer"])
     parser.add_argument("output_dir")
     parser.add_argument("--distillation", default="kd")
     parser.add_argument("--micro-batch-size", type=int, default=None)
@@ -94,7 +99,7 @@ def main() -> None:
     torch.manual_seed(0)
     trainer = DePOTrainer(
         model=args.model_dir,
-        reward_funcs=reward,
+        reward_funcs=em_reward if args.scenario == "bad-answer" else reward,
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(args.model_dir),

@@ -131,19 +131,23 @@ def test_skipped_rows_are_counted_by_reason(tmp_path, fixture_model_dir):
 
 
 def test_bad_input_is_a_clear_error(tmp_path, fixture_model_dir, capsys):
+    def error_line(**kwargs) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            run_build(tmp_path, fixture_model_dir, **kwargs)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
     empty = tmp_path / "none.jsonl"
     empty.write_text(json.dumps({"id": "x", "question": "q", "answerable": False, "answer": "a", "paragraphs": [{}]}))
-    with pytest.raises(SystemExit, match="No usable row.*not answerable: 1"):
-        run_build(tmp_path, fixture_model_dir, input_path=str(empty))
-    with pytest.raises(SystemExit):
-        run_build(tmp_path, fixture_model_dir, source="nq", input_path=INPUTS["musique"][0])
-    assert "invalid choice: 'nq'" in capsys.readouterr().err
+    assert "no usable row as --source musique (not answerable: 1)" in error_line(input_path=str(empty))
+    assert "invalid choice: 'nq'" in error_line(source="nq", input_path=INPUTS["musique"][0])
     tokenizer = load_tokenizer(fixture_model_dir)
     tokenizer.chat_template = None
     no_template_dir = str(tmp_path / "no-template")
     tokenizer.save_pretrained(no_template_dir)
-    with pytest.raises(SystemExit, match="has no chat template"):
+    with pytest.raises(SystemExit):
         run_build(tmp_path, no_template_dir)
+    assert f"--tokenizer {no_template_dir}: no chat template" in capsys.readouterr().err
 
 
 def test_depo_trainer_trains_on_the_built_dataset(tmp_path, fixture_model_dir):

@@ -61,9 +61,13 @@ def test_uneven_chunk_counts_finish_with_identical_parameters(tiny_model_dir, tm
 
 
 @pytest.mark.slow
-def test_an_overlong_long_prompt_on_one_process_stops_both(tiny_model_dir, tmp_path):
-    result = launch(tiny_model_dir, tmp_path, "overlong-eval")
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [("overlong-eval", "max_long_prompt_length=200"), ("bad-answer", "`answer` must be a non-empty string")],
+)
+def test_a_bad_input_on_one_process_stops_both_with_the_same_message(tiny_model_dir, tmp_path, scenario, message):
+    result = launch(tiny_model_dir, tmp_path, scenario)
     assert result.returncode == 0, result.stderr[-4000:]
     errors = [rank["error"] for rank in rank_results(tmp_path)]
     assert errors[0] == errors[1]
-    assert "max_long_prompt_length=200" in errors[0]
+    assert message in errors[0]

@@ -61,9 +61,9 @@ def tiny_args(tmp_path, *overrides):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["--reward_funcs", "exact_match"], "Unknown reward function 'exact_match'"),
-        (["--dataset_name", "./data/missing_depo"], "does not exist. Build it"),
-        (["--dataset_name", "data/missing.jsonl"], "does not exist. Build the data"),
+        (["--reward_funcs", "exact_match"], "reward_funcs 'exact_match': unknown reward function"),
+        (["--dataset_name", "./data/missing_depo"], "no such file or folder; build it"),
+        (["--dataset_name", "data/missing.jsonl"], "no such file or folder; build it"),
         (["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", "9"], "no vLLM server answers"),
     ],
 )

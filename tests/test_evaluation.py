@@ -39,7 +39,7 @@ def test_scoring_by_hand(raw, answers, style, pred, f1, em):
 def test_task_groups_and_errors():
     assert parse_tasks("moderate,longbench_qasper") == ["hotpotqa", "2wikimqa", "musique", "longbench_qasper"]
     assert len(parse_tasks("all")) == 12
-    with pytest.raises(ValueError, match="Unknown task 'squad'"):
+    with pytest.raises(ValueError, match="--tasks squad: unknown task"):
         parse_tasks("squad")
 
 

@@ -64,7 +64,7 @@ def test_rewards_read_the_answer_column_for_plain_and_conversational_completions
 
 
 def test_rewards_fail_clearly_on_bad_answers():
-    with pytest.raises(ValueError, match="no such column"):
+    with pytest.raises(ValueError, match="No `answer` column"):
         em_reward(["x"])
     with pytest.raises(ValueError, match="Row 1"):
         f1_reward(["x", "y"], answer=["a", []])

@@ -7,17 +7,24 @@ beside it with the paper's Table 1 statistics and the skipped rows by reason.
 import argparse
 import json
 import os
-import sys
 
 from datasets import Dataset, DatasetDict
 
 from ..model_utils import load_tokenizer
+from ..user_errors import (
+    ArgumentParser,
+    UsageError,
+    check_model_source,
+    positive_int,
+    reports_usage_errors,
+    writable_folder,
+)
 from .builder import ContextBuilder, format_statistics, length_statistics
 from .sources import SOURCES, adapt, read_records
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m depo_trl.data.build", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.data.build", description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="Format of the input records.")
     parser.add_argument("--input", required=True, help="A local .jsonl/.json file, or a Hub dataset id.")
     parser.add_argument("--split", default="train", help="Split to read from a Hub dataset, and to write.")
@@ -25,7 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", required=True, help="Tokenizer (Hub id or path) the budgets are counted with.")
     parser.add_argument("--short-budget", type=int, default=1536, help="Max tokens of the rendered short prompt.")
     parser.add_argument("--long-budget", type=int, default=15360, help="Max tokens of the rendered long prompt.")
-    parser.add_argument("--num-samples", type=int, default=None, help="Build at most this many rows (input order).")
+    parser.add_argument(
+        "--num-samples", type=positive_int, default=None, help="Build at most this many rows (input order)."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of every random choice (distractors, order).")
     parser.add_argument("--output-dir", required=True, help="Where to save the dataset and stats.json.")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="Also push the dataset to this repo.")
@@ -35,18 +44,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_dataset(args: argparse.Namespace) -> tuple[DatasetDict, dict]:
     """Run the whole build; returns the dataset and the statistics written to stats.json."""
+    if not 0 < args.short_budget <= args.long_budget:
+        raise UsageError(
+            f"--short-budget {args.short_budget} / --long-budget {args.long_budget}: need 0 < short <= long tokens."
+        )
+    check_model_source("--tokenizer", args.tokenizer, what="tokenizer")
     tokenizer = load_tokenizer(args.tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError(
+            f"--tokenizer {args.tokenizer}: no chat template, and budgets are counted on the rendered chat prompt; "
+            "use an instruct model's tokenizer."
+        )
     examples, skipped = adapt(args.source, read_records(args.input, args.split, args.config_name))
     if not examples:
-        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.items()) or "the input is empty"
-        raise ValueError(f"No usable row in {args.input} as --source {args.source} ({reasons}).")
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.items()) or "the input has no records"
+        raise UsageError(f"--input {args.input}: no usable row as --source {args.source} ({reasons}).")
     builder = ContextBuilder(tokenizer, examples, args.short_budget, args.long_budget, args.seed)
     selected = examples if args.num_samples is None else examples[: args.num_samples]
     rows, report = builder.build(selected, show_progress=not args.no_progress)
     for reason, count in skipped.items():
         report.skipped[reason] = report.skipped.get(reason, 0) + count
     if not rows:
-        raise ValueError(f"No row could be built: {report.skipped}. Raise --short-budget or check the input.")
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in report.skipped.items())
+        raise UsageError(
+            f"--short-budget {args.short_budget}: no row fits ({reasons}); raise --short-budget (the prompt template "
+            "alone takes about 60 tokens) or check the input."
+        )
     stats = {
         **length_statistics(rows),
         "skipped": report.skipped,
@@ -60,12 +83,11 @@ def build_dataset(args: argparse.Namespace) -> tuple[DatasetDict, dict]:
     return DatasetDict({args.split: Dataset.from_list(rows)}), stats
 
 
+@reports_usage_errors("python -m depo_trl.data.build")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        dataset, stats = build_dataset(args)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    writable_folder("--output-dir", args.output_dir)
+    dataset, stats = build_dataset(args)
     dataset.save_to_disk(args.output_dir)
     with open(os.path.join(args.output_dir, "stats.json"), "w", encoding="utf-8") as handle:
         json.dump(stats, handle, indent=2)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..user_errors import UsageError, check_dataset_source, hub_failure
+
 
 @dataclass(frozen=True)
 class Paragraph:
@@ -93,8 +95,18 @@ SOURCES: dict[str, Callable[[dict[str, Any]], QAExample]] = {
 }
 
 
-def read_records(path_or_hub_id: str, split: str = "train", config_name: str | None = None) -> Iterator[dict]:
-    """Raw records from a local `.jsonl` / `.json` file, or from a Hub dataset id through `datasets.load_dataset`."""
+def read_records(
+    path_or_hub_id: str, split: str = "train", config_name: str | None = None, argument: str = "--input"
+) -> Iterator[dict]:
+    """Raw records from a local `.jsonl` / `.json` file, or from a Hub dataset id through `datasets.load_dataset`.
+
+    A value that looks like a local path is never looked up on the Hub. Mistakes are [`UsageError`]s naming
+    `argument` (the option the path came from).
+    """
+    fix = "pass a .jsonl/.json file or a Hub dataset id"
+    check_dataset_source(argument, path_or_hub_id, fix)
+    if os.path.isdir(path_or_hub_id):
+        raise UsageError(f"{argument} {path_or_hub_id}: a folder, not a file; {fix}.")
     if os.path.isfile(path_or_hub_id):
         with open(path_or_hub_id, encoding="utf-8") as handle:
             if path_or_hub_id.endswith(".jsonl"):
@@ -103,28 +115,33 @@ def read_records(path_or_hub_id: str, split: str = "train", config_name: str | N
                         try:
                             yield json.loads(line)
                         except json.JSONDecodeError as error:
-                            raise ValueError(
-                                f"{path_or_hub_id}, line {line_number}: not valid JSON ({error})."
+                            raise UsageError(
+                                f"{argument} {path_or_hub_id}, line {line_number}: not valid JSON ({error})."
                             ) from None
             else:
-                records = json.load(handle)
+                try:
+                    records = json.load(handle)
+                except json.JSONDecodeError as error:
+                    raise UsageError(f"{argument} {path_or_hub_id}: not valid JSON ({error}).") from None
                 if not isinstance(records, list):
-                    raise ValueError(
-                        f"{path_or_hub_id}: expected a JSON array of records, got {type(records).__name__}."
+                    raise UsageError(
+                        f"{argument} {path_or_hub_id}: expected a JSON array of records, got {type(records).__name__}."
                     )
                 yield from records
         return
-    if os.path.exists(path_or_hub_id):
-        raise ValueError(f"{path_or_hub_id} is not a file: pass a .jsonl/.json file or a Hub dataset id.")
     from datasets import load_dataset
 
-    yield from load_dataset(path_or_hub_id, config_name, split=split)
+    try:
+        dataset = load_dataset(path_or_hub_id, config_name, split=split)
+    except Exception as error:  # the Hub client raises many types; all mean the same thing to the user
+        raise hub_failure(argument, path_or_hub_id, error, fix) from None
+    yield from dataset
 
 
 def adapt(source: str, records: Iterable[dict[str, Any]]) -> tuple[list[QAExample], dict[str, int]]:
     """Adapt raw records; returns the usable examples and a count of skipped records by reason."""
     if source not in SOURCES:
-        raise ValueError(f"Unknown source {source!r}: use one of {sorted(SOURCES)}.")
+        raise UsageError(f"Unknown source {source!r}: use one of {sorted(SOURCES)}.")
     adapter = SOURCES[source]
     examples, skipped = [], {}
     for record in records:

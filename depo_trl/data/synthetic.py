@@ -11,7 +11,6 @@ lines of the real template are left out, which keeps a CPU step about 1.5x cheap
     python -m depo_trl.data.synthetic --output-dir data/toy --num-rows 2000
 """
 
-import argparse
 import json
 import os
 import random
@@ -22,6 +21,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 from ..model_utils import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
+from ..user_errors import ArgumentParser, positive_int, reports_usage_errors, writable_folder
 from .builder import user_messages
 from .sources import Paragraph
 
@@ -171,14 +171,16 @@ def write_tiny_assets(output_dir: str, num_rows: int = 64, seed: int = 0) -> Non
             handle.write(json.dumps(row) + "\n")
 
 
+@reports_usage_errors("python -m depo_trl.data.synthetic")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m depo_trl.data.synthetic", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.data.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--num-rows", type=int, default=2000)
+    parser.add_argument("--num-rows", type=positive_int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--short-distractors", type=int, default=ToyWorldConfig.short_distractors)
     parser.add_argument("--long-distractors", type=int, default=ToyWorldConfig.long_distractors)
     args = parser.parse_args(argv)
+    writable_folder("--output-dir", args.output_dir)
     from datasets import Dataset, DatasetDict
 
     config = ToyWorldConfig(args.short_distractors, args.long_distractors)

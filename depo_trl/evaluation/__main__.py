@@ -1,13 +1,19 @@
 """`python -m depo_trl.evaluation --model NAME_OR_PATH [--model ...] --tasks TASKS --backend vllm|hf ...`"""
 
-import argparse
-import sys
-
+from ..user_errors import (
+    ArgumentParser,
+    check_model_source,
+    positive_int,
+    reports_usage_errors,
+    require_folder,
+    writable_folder,
+)
 from .runner import EvalSettings, parse_tasks, run
 
 
+@reports_usage_errors("python -m depo_trl.evaluation")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m depo_trl.evaluation", description=__doc__)
+    parser = ArgumentParser(prog="python -m depo_trl.evaluation", description=__doc__)
     parser.add_argument("--model", action="append", required=True, help="Hub id or path; repeat for several.")
     parser.add_argument(
         "--tasks",
@@ -23,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         help="Prompt + answer budget; longer prompts are truncated in the middle, as LongBench does.",
     )
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--limit", type=int, default=None, help="Only the first N examples of each task.")
+    parser.add_argument("--limit", type=positive_int, default=None, help="Only the first N examples of each task.")
     parser.add_argument("--data-dir", default=None, help="LongBench files (hotpotqa.jsonl, ...) and dev sets.")
     parser.add_argument(
         "--prompt-style",
@@ -32,24 +38,28 @@ def main(argv: list[str] | None = None) -> None:
         help="'depo': DESIGN.md's template (ends with 'Therefore, the answer is'); 'longbench': "
         "LongBench's own prompts.",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="Default: 1024 (depo) or LongBench's.")
-    parser.add_argument("--batch-size", type=int, default=8, help="hf backend batch size.")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=None, help="Default: 1024 (depo) or LongBench's."
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="hf backend batch size.")
     args = parser.parse_args(argv)
-    try:
-        settings = EvalSettings(
-            tasks=parse_tasks(args.tasks),
-            backend=args.backend,
-            max_length=args.max_length,
-            output_dir=args.output_dir,
-            limit=args.limit,
-            data_dir=args.data_dir,
-            prompt_style=args.prompt_style,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-        )
-        run(args.model, settings)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    if args.data_dir is not None:
+        require_folder("--data-dir", args.data_dir, "pass the folder that holds the benchmark files")
+    writable_folder("--output-dir", args.output_dir)
+    for model in args.model:
+        check_model_source("--model", model)
+    settings = EvalSettings(
+        tasks=parse_tasks(args.tasks),
+        backend=args.backend,
+        max_length=args.max_length,
+        output_dir=args.output_dir,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        prompt_style=args.prompt_style,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    run(args.model, settings)
     with open(f"{args.output_dir}/results.md") as handle:
         print(handle.read())
 

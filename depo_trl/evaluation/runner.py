@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..model_utils import load_tokenizer
 from ..rewards import exact_match_score, extract_answer, f1_score
+from ..user_errors import UsageError, hub_failure
 from .backends import make_backend
 from .tasks import (
     ALL_TASKS,
@@ -57,7 +58,7 @@ class EvalSettings:
             budget = self.answer_budget(task)
             if self.max_length <= budget:
                 default = "" if self.max_new_tokens else f", the default for --prompt-style {self.prompt_style}"
-                raise ValueError(
+                raise UsageError(
                     f"--max-length {self.max_length} leaves no room for the prompt after --max-new-tokens {budget} "
                     f"({budget} new tokens{default}, task {task}): raise --max-length or lower --max-new-tokens."
                 )
@@ -74,7 +75,7 @@ def parse_tasks(spec: str) -> list[str]:
         expanded = ALL_TASKS if name == "all" else TASK_GROUPS.get(name, [name])
         for task in expanded:
             if task not in ALL_TASKS:
-                raise ValueError(f"Unknown task {task!r}: use {ALL_TASKS} or a group {[*TASK_GROUPS, 'all']}.")
+                raise UsageError(f"--tasks {task}: unknown task; use {ALL_TASKS} or a group {[*TASK_GROUPS, 'all']}.")
             if task not in tasks:
                 tasks.append(task)
     return tasks
@@ -102,7 +103,10 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict[str, fl
     """Predict what is missing for `model` on every task, then score; returns and writes `scores.json`."""
     folder = os.path.join(settings.output_dir, model_folder_name(model))
     os.makedirs(folder, exist_ok=True)
-    tokenizer = load_tokenizer(model)
+    try:
+        tokenizer = load_tokenizer(model)
+    except OSError as error:  # a Hub id that is neither cached nor reachable
+        raise hub_failure("--model", model, error, "pass a model folder") from None
     backend = None
     scores = {}
     for task in settings.tasks:

@@ -4,7 +4,6 @@ Every task yields `EvalExample`s: an id, the passages-and-question text pieces, 
 built by `build_prompt` in DESIGN.md's template (what DePO models are trained on) or in LongBench's own wording.
 """
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.builder import ContextBuilder, format_passages
 from ..data.sources import QAExample, adapt, read_records
+from ..user_errors import UsageError, hub_offline, in_hub_cache
 
 
 @dataclass
@@ -98,6 +98,24 @@ def build_prompt(task: str, example: EvalExample, prompt_style: str) -> str:
     return DESIGN_TEMPLATE.format(context=example.context, input=example.question)
 
 
+def hub_records(hub_id: str, config: str | None, split: str, data_dir: str | None, local_name: str) -> list[dict]:
+    """A benchmark split from the Hub, for a task whose file is not under `--data-dir`; a [`UsageError`] that names
+    both places when neither has it."""
+    missing = (
+        f"--data-dir {data_dir}: no {local_name} there" if data_dir else f"--data-dir not given (for {local_name})"
+    )
+    fix = f"put {local_name} under --data-dir, or run where the Hub is reachable"
+    if hub_offline() and not in_hub_cache(hub_id, "dataset"):
+        raise UsageError(f"{missing}, and the Hub is unreachable (offline mode) for {hub_id}; {fix}.")
+    from datasets import load_dataset
+
+    try:
+        return list(load_dataset(hub_id, config, split=split))
+    except Exception as error:  # the Hub client raises many types; all mean the same thing to the user
+        reason = " ".join(str(error).split())[:200]
+        raise UsageError(f"{missing}, and loading {hub_id} from the Hub failed ({reason}); {fix}.") from None
+
+
 def _longbench_file(data_dir: str | None, dataset: str) -> str | None:
     if data_dir is None:
         return None
@@ -110,12 +128,9 @@ def load_longbench(task: str, data_dir: str | None) -> list[EvalExample]:
     dataset = LONGBENCH_TASKS[task]
     path = _longbench_file(data_dir, dataset)
     if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
+        records = list(read_records(path, argument="--data-dir"))
     else:
-        from datasets import load_dataset
-
-        records = load_dataset("THUDM/LongBench", dataset, split="test")
+        records = hub_records("THUDM/LongBench", dataset, "test", data_dir, f"{dataset}.jsonl")
     return [EvalExample(str(r["_id"]), r["context"], r["input"], list(r["answers"])) for r in records]
 
 
@@ -132,16 +147,16 @@ def moderate_examples(task: str, data_dir: str | None) -> list[QAExample]:
     source = MODERATE_TASKS[task]
     for name in _MODERATE_FILES[source]:
         if data_dir is not None and os.path.isfile(os.path.join(data_dir, name)):
-            records = read_records(os.path.join(data_dir, name))
+            records = read_records(os.path.join(data_dir, name), argument="--data-dir")
             break
     else:
         if source not in _MODERATE_HUB:
-            raise ValueError(
-                f"Task {task!r} reads its dev rows from --data-dir ({' or '.join(_MODERATE_FILES[source][:2])}), "
-                f"which is not there (--data-dir {data_dir})."
+            raise UsageError(
+                f"--data-dir {data_dir}: task {task} reads its dev rows from there "
+                f"({' or '.join(_MODERATE_FILES[source][:2])}), which are not there; download them into it."
             )
         hub_id, config, split = _MODERATE_HUB[source]
-        records = read_records(hub_id, split, config)
+        records = hub_records(hub_id, config, split, data_dir, _MODERATE_FILES[source][0])
     examples, _ = adapt(source, records)
     return examples
 
@@ -179,5 +194,5 @@ def load_task(task: str, data_dir: str | None, tokenizer: PreTrainedTokenizerBas
         **{name: (lambda name=name: load_ruler(name, data_dir, tokenizer)) for name in RULER_TASKS},
     }
     if task not in loaders:
-        raise ValueError(f"Unknown task {task!r}: use one of {ALL_TASKS}.")
+        raise UsageError(f"--tasks {task}: unknown task; use one of {ALL_TASKS}.")
     return loaders[task]()
