@@ -9,6 +9,7 @@ import random
 import pytest
 from datasets import Dataset
 
+from depo_trl.data.template import render_prompt
 from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 
 
@@ -17,10 +18,11 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 NAMES = ["alba", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo"]
 CITIES = ["paris", "rome", "oslo", "lima", "kyoto", "cairo", "quito", "perth"]
+# The training template's words (rendered with empty passages and question), and those of the rows below
 TEMPLATE_WORDS = (
-    "Please read the following text and answer the question below . Passage : was born in Where "
-    '? Therefore , the answer is Format your response as follows " ( insert answer here ) " < text > / '
-    "Question 1 2 3 4 5 6 7 8 9 10 11 12"
+    render_prompt("", "")
+    + " Passage : was born in Where ? Therefore , the answer is / "
+    + " ".join(str(number) for number in range(1, 13))
 )
 
 

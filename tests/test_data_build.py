@@ -9,7 +9,8 @@ from datasets import load_from_disk
 
 from depo_trl import DePOConfig, DePOTrainer
 from depo_trl.data.build import main as build_main
-from depo_trl.data.sources import from_hotpotqa, from_musique, read_records
+from depo_trl.data.sources import Paragraph, from_hotpotqa, from_musique, read_records
+from depo_trl.data.template import format_passages, render_prompt
 from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
 from depo_trl.rewards import em_reward
 
@@ -26,10 +27,7 @@ SHORT_BUDGET, LONG_BUDGET = 700, 2500
 @pytest.fixture(scope="module")
 def fixture_model_dir(tmp_path_factory):
     """A tiny model whose word-level tokenizer was trained on every fixture text and the prompt template."""
-    texts = [
-        "Please read the following text and answer the question below . < text > Passage : Question Format your "
-        'response as follows " Therefore , the answer is ( insert answer here ) "'
-    ]
+    texts = [render_prompt(format_passages([Paragraph("", "")]), "")]
     for path, adapter in INPUTS.values():
         for record in read_records(path):
             example = adapter(record)

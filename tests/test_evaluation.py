@@ -5,9 +5,11 @@ import os
 
 import pytest
 
+from depo_trl.data.builder import ContextBuilder
+from depo_trl.data.template import render_prompt
 from depo_trl.evaluation.__main__ import main as evaluation_main
 from depo_trl.evaluation.runner import parse_tasks, score_prediction
-from depo_trl.evaluation.tasks import load_ruler, moderate_examples, truncate_middle
+from depo_trl.evaluation.tasks import build_prompt, load_ruler, moderate_examples, truncate_middle
 from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
 
 
@@ -53,10 +55,7 @@ def eval_model_dir(tmp_path_factory):
     for name in ("hotpotqa_distractor_sample.json", "2wikimultihopqa_sample.json"):
         texts.append(open(os.path.join(FIXTURES, name)).read())
     texts.append(open(os.path.join(FIXTURES, "musique_sample.jsonl")).read())
-    texts.append(
-        "Please read the following text and answer the question below . < text > Question Format your "
-        'response as follows " Therefore , the answer is ( insert answer here ) "'
-    )
+    texts.append(render_prompt("", ""))
     tokenizer = build_word_level_tokenizer(texts)
     model = build_tiny_qwen2(tokenizer, max_position_embeddings=8192)
     return save_model_and_tokenizer(model, tokenizer, tmp_path_factory.mktemp("eval-model"))
@@ -83,6 +82,16 @@ def test_ruler_builder_invariants(eval_model_dir, task):
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert len(tokenizer(rendered)["input_ids"]) <= target
         assert len(tokenizer(rendered)["input_ids"]) > target // 4  # filled with distractors, not just the gold
+
+
+def test_evaluation_prompts_are_the_training_prompts(eval_model_dir):
+    """A RULER-QA question is asked in exactly the words of the training row the builder makes at that length."""
+    tokenizer = load_tokenizer(eval_model_dir)
+    examples = moderate_examples("hotpotqa", FIXTURES)
+    builder = ContextBuilder(tokenizer, examples, short_budget=4096, long_budget=4096, seed=0)
+    for evaluated in load_ruler("ruler_qa_4k", FIXTURES, tokenizer)[:3]:
+        row = builder.build_row(next(e for e in examples if e.id == evaluated.id))
+        assert build_prompt("ruler_qa_4k", evaluated, "depo") == row["prompt"][0]["content"]
 
 
 def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, monkeypatch):

@@ -1,11 +1,13 @@
 """Dataset builders: real multi-hop QA (MuSiQue, HotpotQA, 2WikiMultihopQA) -> DePO short/long prompt pairs."""
 
-from .builder import ContextBuilder, format_passages, length_statistics, render_prompt
+from .builder import BuiltContexts, ContextBuilder, length_statistics
 from .sources import SOURCES, Paragraph, QAExample, SkipRow, adapt, read_records
+from .template import format_passages, render_prompt, user_messages
 
 
 __all__ = [
     "SOURCES",
+    "BuiltContexts",
     "ContextBuilder",
     "Paragraph",
     "QAExample",
@@ -15,4 +17,5 @@ __all__ = [
     "length_statistics",
     "read_records",
     "render_prompt",
+    "user_messages",
 ]

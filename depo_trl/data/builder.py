@@ -1,4 +1,4 @@
-"""RULER-style construction of DePO rows: short and long contexts around the same question (DESIGN.md section 2).
+"""RULER-style construction of DePO rows: short and long contexts around the same question (docs/design.md, "Data").
 
 Token budgets are counted on the fully rendered chat prompt with the target tokenizer. To stay fast at 15K-token
 budgets, each paragraph's token cost is counted once, the per-question template overhead once, and the selection adds
@@ -15,29 +15,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .sources import Paragraph, QAExample
+from .template import PASSAGE_FRAME, format_passages, render_prompt, user_messages
 
 
-INSTRUCTION = "Please read the following text and answer the question below."
-ANSWER_FORMAT = 'Format your response as follows: "Therefore, the answer is (insert answer here)".'
 SKIP_GOLD_TOO_LONG = "gold paragraphs exceed the short budget"
-# Counted on top of each paragraph's own tokens: its "Passage N:" header and the blank line after it (N up to 999).
-_PASSAGE_FRAME = "Passage 999:\n{title}\n{text}\n\n"
-
-
-def format_passages(paragraphs: Sequence[Paragraph]) -> str:
-    """`Passage 1:\\n{title}\\n{text}`, blocks separated by a blank line."""
-    return "\n\n".join(f"Passage {i}:\n{p.title}\n{p.text}" for i, p in enumerate(paragraphs, start=1))
-
-
-def render_prompt(paragraphs: Sequence[Paragraph], question: str) -> str:
-    """The user message of DESIGN.md's prompt template."""
-    return (
-        f"{INSTRUCTION}\n\n<text>\n{format_passages(paragraphs)}\n</text>\n\nQuestion: {question}\n\n{ANSWER_FORMAT}"
-    )
-
-
-def user_messages(content: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": content}]
 
 
 class PromptTokenCounter:
@@ -70,6 +51,18 @@ def _lazy_permutation(size: int, rng: random.Random) -> Iterator[int]:
         pick = rng.randrange(position, size)
         yield swapped.get(pick, pick)
         swapped[pick] = swapped.get(position, position)
+
+
+@dataclass
+class BuiltContexts:
+    """The paragraphs of a question's short and long contexts, in prompt order, and the rendered user messages."""
+
+    short: list[Paragraph]
+    long: list[Paragraph]
+    short_content: str
+    long_content: str
+    short_tokens: int
+    long_tokens: int
 
 
 @dataclass
@@ -113,7 +106,7 @@ class ContextBuilder:
         costs = {}
         for start in range(0, len(paragraphs), batch_size):
             batch = paragraphs[start : start + batch_size]
-            framed = [_PASSAGE_FRAME.format(title=p.title, text=p.text) for p in batch]
+            framed = [PASSAGE_FRAME.format(title=p.title, text=p.text) for p in batch]
             costs.update(zip(batch, self.counter.count_plain(framed)))
         return costs
 
@@ -138,10 +131,26 @@ class ContextBuilder:
 
     def build_row(self, example: QAExample) -> dict[str, Any] | str:
         """A DePO row, or the reason the example was skipped."""
+        contexts = self.build_contexts(example)
+        if isinstance(contexts, str):
+            return contexts
+        return {
+            "id": example.id,
+            "prompt": user_messages(contexts.short_content),
+            "long_prompt": user_messages(contexts.long_content),
+            "answer": list(example.answers),
+            "question": example.question,
+            "short_tokens": contexts.short_tokens,
+            "long_tokens": contexts.long_tokens,
+            "gold_titles": [p.title for p in example.gold],
+        }
+
+    def build_contexts(self, example: QAExample) -> BuiltContexts | str:
+        """The short and long contexts of `example` within their budgets, or the reason it was skipped."""
         rng = random.Random(f"{self.seed}:{example.id}")
         gold_titles = {p.title for p in example.gold}
         own = set(example.gold) | set(example.own_distractors)
-        overhead = self.counter.count([render_prompt([], example.question)])[0]
+        overhead = self.counter.count([render_prompt("", example.question)])[0]
 
         short = list(example.gold)
         room = self.short_budget - overhead - sum(self.cost(p) for p in short)
@@ -166,7 +175,7 @@ class ContextBuilder:
         short_order, long_order = list(short), short + long_fill
         rng.shuffle(short_order)
         rng.shuffle(long_order)
-        return self._verified_row(
+        return self._fit_budgets(
             example, short_order, long_order, removable_short=short_fill, removable_long=long_fill
         )
 
@@ -181,12 +190,12 @@ class ContextBuilder:
             room -= cost
         return taken
 
-    def _verified_row(self, example, short, long, removable_short, removable_long) -> dict[str, Any] | str:
+    def _fit_budgets(self, example, short, long, removable_short, removable_long) -> BuiltContexts | str:
         """Count the rendered prompts exactly; drop the last-added distractors while a prompt is over its budget."""
         removable_short, removable_long = list(removable_short), list(removable_long)
         while True:
-            short_content = render_prompt(short, example.question)
-            long_content = render_prompt(long, example.question)
+            short_content = render_prompt(format_passages(short), example.question)
+            long_content = render_prompt(format_passages(long), example.question)
             short_tokens, long_tokens = self.counter.count([short_content, long_content])
             if short_tokens <= self.short_budget and long_tokens <= self.long_budget:
                 break
@@ -200,16 +209,7 @@ class ContextBuilder:
                 long.remove(removable_long.pop())
             else:  # only short paragraphs left in the long prompt and it still does not fit
                 return SKIP_GOLD_TOO_LONG
-        return {
-            "id": example.id,
-            "prompt": user_messages(short_content),
-            "long_prompt": user_messages(long_content),
-            "answer": list(example.answers),
-            "question": example.question,
-            "short_tokens": short_tokens,
-            "long_tokens": long_tokens,
-            "gold_titles": [p.title for p in example.gold],
-        }
+        return BuiltContexts(short, long, short_content, long_content, short_tokens, long_tokens)
 
 
 def length_statistics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:

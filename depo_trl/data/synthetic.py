@@ -22,8 +22,8 @@ from transformers import PreTrainedTokenizerFast
 
 from ..model_utils import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 from ..user_errors import ArgumentParser, positive_int, reports_usage_errors, writable_folder
-from .builder import user_messages
 from .sources import Paragraph
+from .template import user_messages
 
 
 def _names(onsets: str, vowels: str, codas: str, count: int, seed: int) -> list[str]:

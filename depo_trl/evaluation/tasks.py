@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from ..data.builder import ContextBuilder, format_passages
+from ..data.builder import ContextBuilder
 from ..data.sources import QAExample, adapt, read_records
+from ..data.template import format_passages, render_prompt
 from ..user_errors import UsageError, hub_offline, in_hub_cache
 
 
@@ -65,11 +66,6 @@ LONGBENCH_PROMPTS = {
 LONGBENCH_MAX_NEW_TOKENS = {"hotpotqa": 32, "2wikimqa": 32, "musique": 32, "narrativeqa": 128, "qasper": 128}
 TEMPLATE_MAX_NEW_TOKENS = 1024  # room for reasoning before "Therefore, the answer is ..."
 
-DESIGN_TEMPLATE = (
-    "Please read the following text and answer the question below.\n\n<text>\n{context}\n</text>\n\n"
-    'Question: {input}\n\nFormat your response as follows: "Therefore, the answer is (insert answer here)".'
-)
-
 
 def default_max_new_tokens(task: str, prompt_style: str) -> int:
     if prompt_style == "longbench":
@@ -95,7 +91,7 @@ def build_prompt(task: str, example: EvalExample, prompt_style: str) -> str:
     if prompt_style == "longbench":
         dataset = LONGBENCH_TASKS.get(task, MODERATE_TASKS.get(task, "hotpotqa"))
         return LONGBENCH_PROMPTS[dataset].format(context=example.context, input=example.question)
-    return DESIGN_TEMPLATE.format(context=example.context, input=example.question)
+    return render_prompt(example.context, example.question)
 
 
 def hub_records(hub_id: str, config: str | None, split: str, data_dir: str | None, local_name: str) -> list[dict]:
@@ -177,14 +173,12 @@ def load_ruler(
     target = RULER_TASKS[task]
     examples = moderate_examples("hotpotqa", data_dir)
     builder = ContextBuilder(tokenizer, examples, short_budget=target, long_budget=target, seed=seed)
-    rows, _ = builder.build(examples, show_progress=False)
-    by_id = {e.id: e for e in examples}
-    return [EvalExample(row["id"], _context_of(row), row["question"], by_id[row["id"]].answers) for row in rows]
-
-
-def _context_of(row: dict) -> str:
-    content = row["prompt"][-1]["content"]
-    return content.split("<text>\n", 1)[1].split("\n</text>", 1)[0]
+    built = ((example, builder.build_contexts(example)) for example in examples)
+    return [
+        EvalExample(example.id, format_passages(contexts.short), example.question, example.answers)
+        for example, contexts in built
+        if not isinstance(contexts, str)
+    ]
 
 
 def load_task(task: str, data_dir: str | None, tokenizer: PreTrainedTokenizerBase) -> list[EvalExample]:
