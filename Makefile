@@ -32,17 +32,17 @@ style: install
 	$(BIN)/ruff format $(check_dirs)
 
 demo: install  ## the toy world end to end on a CPU: warm start, DePO, EM before/after beside chance
-	$(BIN)/python -m depo_trl.demo --run-dir runs/demo
+	$(BIN)/python -m depo_trl.toy.demo --run-dir runs/demo
 
 toy-benchmark: install  ## five arms x 3 seeds at toy scale (a benchmark, ~40 minutes on 2 cores)
-	$(BIN)/python benchmarks/toy_benchmark.py --run-dir runs/toy_benchmark \
+	$(BIN)/python -m depo_trl.toy.benchmark --run-dir runs/toy_benchmark \
 		$(if $(wildcard runs/demo/warm_start/model.safetensors),--warm-start-dir runs/demo/warm_start,)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
 
 tiny-assets: install  ## regenerate recipes/tiny/assets (tiny random Qwen2 + toy-world rows)
-	$(BIN)/python -c "from depo_trl.data.synthetic import write_tiny_assets; write_tiny_assets('recipes/tiny/assets')"
+	$(BIN)/python -c "from depo_trl.toy.assets import write_tiny_assets; write_tiny_assets('recipes/tiny/assets')"
 
 # ---- GPU launches (see README "Launching on GPUs" and recipes/README.md) ------------------------------------------
 RECIPE ?= recipes/qwen2.5-7b-instruct/depo-grpo.yaml

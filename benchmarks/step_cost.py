@@ -24,6 +24,8 @@ import psutil
 import torch
 from datasets import Dataset
 
+from depo_trl.arms import ARMS
+from depo_trl.toy.training import StepTimer
 from depo_trl.user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors
 
 
@@ -56,8 +58,6 @@ class PeakRSS:
 
 def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[str, float]:
     """Train one arm for 1 + `args.steps` steps; median step time, long-pass forward time, peak RSS growth."""
-    from transformers import TrainerCallback
-
     from depo_trl import DePOConfig, DePOTrainer
     from depo_trl.model_utils import build_tiny_qwen2
 
@@ -85,22 +85,15 @@ def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[
         disable_tqdm=True,
         **settings,
     )
-    step_seconds, long_pass_seconds = [], []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            step_seconds.append(time.perf_counter() - self.started)
-
+    long_pass_seconds = []
+    timer = StepTimer()
     trainer = DePOTrainer(
         model=model,
         reward_funcs=alternate_correct,
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[StepTimer()],
+        callbacks=[timer],
     )
     window_long_pass = trainer._window_long_pass
 
@@ -115,14 +108,14 @@ def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[
         trainer.train()
     # The long pass's backward runs inside the step's backward: the time measured here is its forward only.
     return {
-        "step": statistics.median(step_seconds[1:]),
+        "step": statistics.median(timer.step_seconds[1:]),
         "long_pass_forward": statistics.median(long_pass_seconds[1:]) if long_pass_seconds else 0.0,
         "memory_mb": memory.growth_mb,
     }
 
 
 def cpu_benchmark(args) -> None:
-    from depo_trl.data.synthetic import ToyWorldConfig, build_toy_tokenizer, generate_rows
+    from depo_trl.toy.world import ToyWorldConfig, build_toy_tokenizer, generate_rows
 
     tokenizer = build_toy_tokenizer()
     rows = generate_rows(
@@ -145,11 +138,11 @@ def cpu_benchmark(args) -> None:
         f"per step, {args.completion_tokens} completion tokens, {args.steps} measured steps after 1 warm-up step"
     )
     arms = {
-        "rl-long": {"rollout_context": "long", "distillation": "none"},
-        "rl-short": {"rollout_context": "short", "distillation": "none"},
-        "depo-naive": {"rollout_context": "short", "distillation": "kd", "share_long_prefix": False},
-        "depo-shared": {"rollout_context": "short", "distillation": "kd", "share_long_prefix": True},
-        "depo-iw-shared": {"rollout_context": "short", "distillation": "iw", "share_long_prefix": True},
+        "long": ARMS["long"].settings,
+        "short": ARMS["short"].settings,
+        "depo-naive": {**ARMS["depo"].settings, "share_long_prefix": False},
+        "depo-shared": {**ARMS["depo"].settings, "share_long_prefix": True},
+        "depo-iw-shared": {**ARMS["depo-iw"].settings, "share_long_prefix": True},
     }
     results = {}
     for name, settings in arms.items():
@@ -160,12 +153,12 @@ def cpu_benchmark(args) -> None:
             flush=True,
         )
 
-    reference = results["rl-long"]["step"]
+    reference = results["long"]["step"]
     print(
-        "\nratios to rl-long (step time): " + ", ".join(f"{k} {v['step'] / reference:.2f}" for k, v in results.items())
+        "\nratios to long (step time): " + ", ".join(f"{k} {v['step'] / reference:.2f}" for k, v in results.items())
     )
     # The long pass's full cost (forward + its share of the backward) is what a DePO step adds to an RL-on-short step
-    short_step = results["rl-short"]["step"]
+    short_step = results["short"]["step"]
     shared_pass, naive_pass = results["depo-shared"]["step"] - short_step, results["depo-naive"]["step"] - short_step
     forward_ratio = results["depo-shared"]["long_pass_forward"] / results["depo-naive"]["long_pass_forward"]
     print(

@@ -1,9 +1,10 @@
 """depo_trl: DePO (Decomposed Policy Optimization) for long-context reasoning, on Hugging Face TRL."""
 
-from .config import VALID_COMBINATIONS, DePOConfig
+from .arms import ARMS, Arm, arm_for
+from .config import DePOConfig
 from .trainer import DePOTrainer
 
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["VALID_COMBINATIONS", "DePOConfig", "DePOTrainer"]
+__all__ = ["ARMS", "Arm", "DePOConfig", "DePOTrainer", "arm_for"]

@@ -2,18 +2,9 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .arms import ARMS, arm_for
 from .losses import IW_REDUCTIONS
 from .user_errors import UsageError
-
-
-# (rollout_context, distillation) -> what the paper calls it. Every comparison in the paper runs through this table.
-VALID_COMBINATIONS: dict[tuple[str, str], str] = {
-    ("short", "kd"): "DePO",
-    ("short", "iw"): "DePO-IW",
-    ("short", "none"): "RL on short contexts (baseline 'Short')",
-    ("long", "none"): "RL on long contexts (baseline 'Long')",
-    ("mixed", "none"): "RL on short or long contexts per prompt (baseline 'Short-Long')",
-}
 
 
 @dataclass
@@ -99,10 +90,10 @@ class DePOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        combination = (self.rollout_context, self.distillation)
-        if combination not in VALID_COMBINATIONS:
+        if arm_for(self.rollout_context, self.distillation) is None:
             valid = "; ".join(
-                f"rollout_context={r!r}, distillation={d!r} ({name})" for (r, d), name in VALID_COMBINATIONS.items()
+                f"rollout_context={a.rollout_context!r}, distillation={a.distillation!r} ({a.paper_name})"
+                for a in ARMS.values()
             )
             raise UsageError(
                 f"rollout_context={self.rollout_context!r} with distillation={self.distillation!r} is not a DePO "

@@ -1,7 +1,11 @@
-"""Pure tensor functions for DePO's distillation terms (DESIGN.md section 1). No trainer state lives here.
+"""DePO's distillation terms as pure tensor functions (docs/design.md, "The method"): the maths the trainer calls.
 
-Shapes: per-token log-probabilities and masks are `(B, T)` (rows = rollouts, T = completion tokens); per-rollout
-values (rewards, advantages) are `(B,)`.
+Both losses are weighted token sums, `sum_t weights_t * term_t`. The weights carry every normalisation (over distilled
+tokens, over rows, over accumulation steps and processes), so the same rollouts can be regrouped across micro-batches
+(the long pass runs once per optimizer window) without changing the gradient.
+
+Shapes: per-token log-probabilities, masks and weights are `(B, T)` (rows = rollouts, T = completion tokens);
+per-rollout values (rewards, advantages) are `(B,)`.
 """
 
 from typing import Literal
@@ -23,28 +27,32 @@ def distillation_mask(completion_mask: torch.Tensor, rewards: torch.Tensor, thre
     return completion_mask * passed.unsqueeze(-1)
 
 
-def conditional_kd_loss(
-    long_logps: torch.Tensor,
-    short_logps: torch.Tensor,
+def kd_token_weights(
     completion_mask: torch.Tensor,
     rewards: torch.Tensor,
     threshold: float = 1.0,
     normalizer: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DePO's conditional distillation loss L_KD (paper Eq. 10 + 12).
-
-    `sum over distilled tokens of (short_logps.detach() - long_logps) / normalizer`, where the distilled tokens are the
-    completion tokens of rollouts whose reward is at least `threshold`. The short-context log-probabilities are a
-    frozen teacher: the gradient is `-grad long_logps / normalizer` on distilled tokens. `normalizer` defaults to the
-    number of distilled tokens (at least 1), so a batch with no correct rollout gives exactly 0, never NaN.
-    """
-    weights = distillation_mask(completion_mask, rewards, threshold).to(long_logps.dtype)
-    gap = short_logps.detach() - long_logps
-    # `where` rather than a product: a non-finite log-prob on a masked-out token must not leak into the sum
-    total = torch.where(weights > 0, gap * weights, torch.zeros_like(gap)).sum()
+    """Weights of L_KD: `1 / normalizer` on the distilled tokens ([`distillation_mask`]), 0 elsewhere. The normalizer
+    defaults to the number of distilled tokens (at least 1), so a batch without a correct rollout weighs nothing."""
+    mask = distillation_mask(completion_mask, rewards, threshold).float()
     if normalizer is None:
-        normalizer = weights.sum().clamp(min=1.0)
-    return total / normalizer
+        normalizer = mask.sum().clamp(min=1.0)
+    return mask / normalizer
+
+
+def _weighted_sum(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # `where` rather than a product: a non-finite value on a token of weight 0 must not leak into the sum
+    return torch.where(weights > 0, terms * weights, torch.zeros_like(terms)).sum()
+
+
+def conditional_kd_loss(long_logps: torch.Tensor, short_logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """DePO's conditional distillation loss L_KD (paper Eq. 10 + 12): `sum_t weights_t * (sg(short_t) - long_t)`.
+
+    The short-context log-probabilities are a frozen teacher: the gradient is `-weights * grad long_logps`. With
+    [`kd_token_weights`], the value is the mean gap over the tokens of rollouts whose reward passed the threshold.
+    """
+    return _weighted_sum(short_logps.detach() - long_logps, weights)
 
 
 def importance_log_weights(
@@ -99,44 +107,53 @@ def importance_weighted_terms(
     return (-torch.min(ratio * advantages, clipped_ratio * advantages)).expand_as(long_logps)
 
 
-def importance_weighted_loss(
-    long_logps: torch.Tensor,
-    old_short_logps: torch.Tensor,
-    advantages: torch.Tensor,
-    completion_mask: torch.Tensor,
-    epsilon_low: float = 0.2,
-    epsilon_high: float = 0.2,
-    level: IWLevel = "token",
-    loss_type: IWReduction = "grpo",
-    normalizer: float | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """DePO-IW loss (paper Eq. 13): off-policy clipped RL on the long context with short-context rollouts.
-
-    `L = -min(w * A, clip(w, 1 - epsilon_low, 1 + epsilon_high) * A)` per token (or per sequence, broadcast over its
-    tokens), with `w` from [`importance_log_weights`]. Reduction: `"grpo"` averages each row's masked token mean over
-    rows; `"bnpo"` and `"dapo"` divide the masked token sum by `normalizer` (default: the number of masked tokens).
-    """
-    if loss_type not in IW_REDUCTIONS:
-        raise ValueError(
-            f"Unknown loss_type {loss_type!r} for the importance-weighted loss: use one of {IW_REDUCTIONS}."
-        )
-    per_token_loss = importance_weighted_terms(
-        long_logps, old_short_logps, advantages, completion_mask, epsilon_low, epsilon_high, level
-    )
-    return (per_token_loss * iw_token_weights(completion_mask, loss_type, normalizer)).sum()
-
-
 def iw_token_weights(
     completion_mask: torch.Tensor, loss_type: IWReduction, normalizer: float | torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Weight of each token in the DePO-IW reduction, `(B, T)`: summing `weights * per_token_loss` gives the loss.
+    """Weights of TRL's reductions, `(B, T)`: summing `weights * per_token_loss` gives the loss.
 
     `"grpo"`: `1 / (row length * rows)`; `"bnpo"` / `"dapo"`: `1 / normalizer` (default: the number of masked tokens).
-    Weights make the reduction a plain sum, so rollouts can be regrouped (e.g. across micro-batches) exactly.
     """
+    if loss_type not in IW_REDUCTIONS:
+        raise ValueError(f"Unknown loss_type {loss_type!r} for DePO-IW: use one of {IW_REDUCTIONS}.")
     mask = completion_mask.float()
     if loss_type == "grpo":
         return mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / max(mask.size(0), 1)
     if normalizer is None:
         normalizer = mask.sum().clamp(min=1.0)
     return mask / normalizer
+
+
+def importance_weighted_loss(
+    long_logps: torch.Tensor,
+    old_short_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    weights: torch.Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    level: IWLevel = "token",
+    delta: float | None = None,
+    correction: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DePO-IW loss (paper Eq. 13): off-policy clipped RL on the long context with short-context rollouts,
+    `sum_t weights_t * correction_t * term_t` with the terms of [`importance_weighted_terms`].
+
+    `weights` normalise like the proxy's `loss_type` ([`iw_token_weights`]); `correction` is TRL's correction for
+    rollouts that vLLM sampled (importance-sampling ratio times off-policy mask, `(B, T)` or `(B, 1)`), if any.
+    """
+    terms = importance_weighted_terms(
+        long_logps, old_short_logps, advantages, completion_mask, epsilon_low, epsilon_high, level, delta
+    )
+    if correction is not None:
+        terms = terms * correction
+    return _weighted_sum(terms, weights)
+
+
+def accumulated_token_normalizer(
+    tokens_in_batch: torch.Tensor, num_processes: int, accumulation_steps: int, steps_per_generation: int
+) -> torch.Tensor:
+    """Divisor of a token sum such that, averaged over processes and summed over the accumulation steps of every
+    optimizer step of a generation batch, the sums make the mean over the batch's `tokens_in_batch` tokens (TRL's
+    DAPO normalisation): `tokens / processes * accumulation_steps / steps_per_generation`."""
+    return tokens_in_batch.clamp(min=1.0) / num_processes * accumulation_steps / steps_per_generation

@@ -29,10 +29,12 @@ from trl.trainer.utils import pad
 from .config import DePOConfig
 from .long_context import layer_attention_windows, pack_rows, plan_long_pass
 from .losses import (
+    accumulated_token_normalizer,
+    conditional_kd_loss,
     distillation_mask,
     importance_clip_mask,
     importance_log_weights,
-    importance_weighted_terms,
+    importance_weighted_loss,
     iw_token_weights,
 )
 from .rewards import REWARD_FUNCTIONS, answer_column_problem
@@ -70,8 +72,7 @@ class LongContextBatch:
     distilled_mask: torch.Tensor  # KD: loss tokens of rollouts over the reward threshold; IW: the loss mask
     advantages: torch.Tensor  # (B,)
     old_logps: torch.Tensor | None  # IW: behaviour log-probs under the short prompt (pi_old)
-    sampling_ratio: torch.Tensor | None  # TRL's vLLM importance-sampling correction, when enabled
-    off_policy_mask: torch.Tensor | None  # (B, 1), TRL's off-policy sequence mask, when a threshold is set
+    iw_correction: torch.Tensor | None  # TRL's vLLM importance-sampling ratio x off-policy mask, when either is on
     tokens_in_batch: torch.Tensor  # distilled tokens over all processes (KD / DAPO normaliser)
     long_logps: torch.Tensor  # (B, T) float32, detached: filled chunk by chunk
     token_weights: torch.Tensor  # (B, T) float32: filled window by window
@@ -366,6 +367,9 @@ class DePOTrainer(GRPOTrainer):
                 loss_mask,
                 self.off_policy_mask_threshold,
             )
+        iw_correction = output.get("importance_sampling_ratio")
+        if off_policy_mask is not None:
+            iw_correction = off_policy_mask if iw_correction is None else iw_correction * off_policy_mask
         total_tokens = self.accelerator.gather(distilled.sum().float()).sum()
         self._metrics[mode]["depo/kd_fraction"].append(distilled_fraction.item())
         self._metrics[mode]["depo/kd_tokens"].append(total_tokens.item())
@@ -378,8 +382,7 @@ class DePOTrainer(GRPOTrainer):
             distilled_mask=distilled,
             advantages=output["advantages"],
             old_logps=old_logps,
-            sampling_ratio=output.get("importance_sampling_ratio"),
-            off_policy_mask=off_policy_mask,
+            iw_correction=iw_correction,
             tokens_in_batch=total_tokens,
             long_logps=torch.zeros_like(loss_mask, dtype=torch.float32),
             token_weights=torch.zeros_like(loss_mask, dtype=torch.float32),
@@ -470,11 +473,11 @@ class DePOTrainer(GRPOTrainer):
         training = self.model.training
         accumulation = self.current_gradient_accumulation_steps if training else 1
         steps_per_generation = self.args.steps_per_generation if training else 1
-        global_normalizer = (
-            state.tokens_in_batch.clamp(min=1.0) / self.accelerator.num_processes * accumulation
-        ) / steps_per_generation
         if self.args.distillation == "kd" or self.loss_type == "dapo":
-            return state.distilled_mask[rows] / global_normalizer
+            normalizer = accumulated_token_normalizer(
+                state.tokens_in_batch, self.accelerator.num_processes, accumulation, steps_per_generation
+            )
+            return state.distilled_mask[rows] / normalizer
         weights = [iw_token_weights(state.loss_mask[rollouts], self.loss_type) / accumulation for rollouts in window]
         return torch.cat(weights)
 
@@ -591,34 +594,28 @@ class DePOTrainer(GRPOTrainer):
     def _weighted_terms(
         self, state: LongContextBatch, rollouts: torch.Tensor, long_logps: torch.Tensor, weight_scale: float
     ) -> torch.Tensor:
-        """Sum of weighted per-token terms. KD: `sg(long) - long` (value 0, gradient of L_KD; its value is added per
-        micro-batch by `_kd_value`, once the proxy pass has computed the short-context teacher). IW: the full loss,
-        corrected like TRL's proxy loss for rollouts that vLLM sampled (importance-sampling ratio, off-policy mask)."""
+        """The chunk's share of the long-context term. KD: L_KD with the long pass itself as the frozen teacher (value
+        0, the gradient of L_KD); its value is added per micro-batch by `_kd_value`, once the proxy pass has computed
+        the short-context teacher. IW: the full loss, corrected like TRL's proxy loss for rollouts vLLM sampled."""
         weights = state.token_weights[rollouts] * weight_scale
         if self.args.distillation == "kd":
-            terms = long_logps.detach() - long_logps
-        else:
-            terms = importance_weighted_terms(
-                long_logps,
-                state.old_logps[rollouts],
-                state.advantages[rollouts],
-                state.loss_mask[rollouts],
-                self.epsilon_low,
-                self.epsilon_high,
-                self.importance_sampling_level,
-                delta=self.args.delta,
-            )
-            if state.off_policy_mask is not None:
-                terms = terms * state.off_policy_mask[rollouts]
-            if state.sampling_ratio is not None:
-                terms = terms * state.sampling_ratio[rollouts]
-        return torch.where(weights > 0, terms * weights, torch.zeros_like(terms)).sum()
+            return conditional_kd_loss(long_logps, long_logps, weights)
+        return importance_weighted_loss(
+            long_logps,
+            state.old_logps[rollouts],
+            state.advantages[rollouts],
+            state.loss_mask[rollouts],
+            weights,
+            self.epsilon_low,
+            self.epsilon_high,
+            self.importance_sampling_level,
+            delta=self.args.delta,
+            correction=None if state.iw_correction is None else state.iw_correction[rollouts],
+        )
 
     def _kd_value(self, state: LongContextBatch, rows: torch.Tensor, short_logps: torch.Tensor) -> torch.Tensor:
-        """The value of this micro-batch's share of L_KD (no gradient): `sum(weights * (short - long))`."""
-        gap = short_logps - state.long_logps[rows]
-        weights = state.token_weights[rows]
-        return torch.where(weights > 0, gap * weights, torch.zeros_like(gap)).sum()
+        """The value of this micro-batch's share of L_KD (no gradient: the long-context log-probs are detached)."""
+        return conditional_kd_loss(state.long_logps[rows], short_logps, state.token_weights[rows])
 
     def _log_micro_batch_metrics(
         self, state: LongContextBatch, rows: torch.Tensor, short_logps: torch.Tensor, distillation_loss: torch.Tensor

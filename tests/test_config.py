@@ -1,13 +1,13 @@
 import pytest
 
-from depo_trl import VALID_COMBINATIONS, DePOConfig
+from depo_trl import ARMS, DePOConfig
 
 
 def config(**kwargs):
     return DePOConfig(output_dir="unused", report_to="none", use_cpu=True, **kwargs)
 
 
-@pytest.mark.parametrize(("rollout_context", "distillation"), list(VALID_COMBINATIONS))
+@pytest.mark.parametrize(("rollout_context", "distillation"), [tuple(a.settings.values()) for a in ARMS.values()])
 def test_valid_combinations(rollout_context, distillation):
     args = config(rollout_context=rollout_context, distillation=distillation)
     assert args.uses_long_prompt == (distillation != "none" or rollout_context != "short")

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
-from depo_trl import VALID_COMBINATIONS
-from depo_trl.data.synthetic import build_toy_tokenizer, generate_rows
+from depo_trl import ARMS, arm_for
 from depo_trl.depo import main, parse_recipe
 from depo_trl.model_utils import load_tokenizer
+from depo_trl.toy.world import build_toy_tokenizer, generate_rows
 from depo_trl.vllm_server import main as vllm_server_main
 
 
@@ -31,7 +31,7 @@ def test_there_is_a_recipe_per_run_of_the_paper():
     assert {"qwen2.5-7b-instruct/depo-iw-dapo.yaml", "qwen2.5-7b-instruct/depo-iw-gspo.yaml"} <= names
     for model in ("qwen2.5-3b-instruct", "llama-3.2-3b-instruct", "llama-3.1-8b-instruct"):
         assert {f"{model}/{arm}-grpo.yaml" for arm in ("depo", "short", "long", "short-long")} <= names
-    assert {f"tiny/{arm}.yaml" for arm in ("depo", "depo-iw", "short", "long", "short-long")} <= names
+    assert {f"tiny/{arm}.yaml" for arm in ARMS} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda path: os.path.relpath(path, ROOT))
@@ -39,7 +39,10 @@ def test_every_recipe_parses_without_unknown_keys(path):
     # GPU recipes ask for bf16, which transformers refuses on a CPU-only machine unless told to use the CPU.
     script_args, training_args, model_args, recipe_path = parse_recipe(["--config", path, "--use_cpu", "true"])
     assert recipe_path == path
-    assert (training_args.rollout_context, training_args.distillation) in VALID_COMBINATIONS
+    # Named <arm>-<algorithm>.yaml (tiny: <arm>.yaml) after the arm its settings make
+    arm = arm_for(training_args.rollout_context, training_args.distillation)
+    name = os.path.basename(path).removesuffix(".yaml")
+    assert arm is not None and name in {arm.name, *(f"{arm.name}-{a}" for a in ("grpo", "dapo", "gspo"))}
     assert model_args.model_name_or_path and script_args.dataset_name
     assert script_args.reward_funcs == ["em"]
     with open(path) as handle:

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
-from depo_trl.data.synthetic import (
+from depo_trl.depo import main as train_main
+from depo_trl.depo import parse_recipe
+from depo_trl.toy.world import (
     CITIES,
     ToyWorldConfig,
     build_toy_tokenizer,
@@ -14,8 +16,6 @@ from depo_trl.data.synthetic import (
     generate_rows,
     warm_start_rows,
 )
-from depo_trl.depo import main as train_main
-from depo_trl.depo import parse_recipe
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,9 +6,11 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
-from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
+from trl import GRPOTrainer
+from trl.trainer.utils import pad, shuffle_sequence_dict, split_tensor_dict
 
-from depo_trl import VALID_COMBINATIONS, DePOConfig, DePOTrainer
+from depo_trl import ARMS, DePOConfig, DePOTrainer
+from depo_trl.losses import conditional_kd_loss, kd_token_weights
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.trainer import mixed_rollout_uses_long_prompt
 
@@ -71,7 +73,7 @@ def accumulated_gradients(trainer, micro_batches):
 DEPO_METRICS = ["depo/kd_loss", "depo/kd_fraction", "depo/kd_tokens", "depo/logp_gap", "depo/long_prompt_tokens"]
 
 
-@pytest.mark.parametrize(("rollout_context", "distillation"), list(VALID_COMBINATIONS))
+@pytest.mark.parametrize(("rollout_context", "distillation"), [tuple(a.settings.values()) for a in ARMS.values()])
 def test_every_configuration_trains_and_logs_its_metrics(
     tiny_model_dir, tiny_dataset, tmp_path, rollout_context, distillation
 ):
@@ -241,3 +243,29 @@ def test_completion_logs_keep_the_short_prompt_when_rollouts_use_the_long_one(ti
     short_prompts = [tiny_dataset[0]["prompt"]] * NUM_GENERATIONS
     assert list(trainer._logs["prompt"]) == short_prompts
     assert list(trainer._logs["extra"]["rollout_context"]) == ["long"] * len(short_prompts)
+
+
+def test_logged_kd_loss_is_conditional_kd_loss_on_the_same_tensors(tiny_model_dir, tiny_dataset, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, per_device_train_batch_size=8)
+    batch = generation_batch(trainer, tiny_dataset, num_prompts=2)
+    accumulated_gradients(trainer, [batch])
+    logged = trainer._metrics["train"]["depo/kd_loss"][-1]
+
+    # The same rollouts scored independently: plain [prompt, completion] sequences through TRL's log-prob helper
+    def completion_logps(prompts: list[torch.Tensor]) -> torch.Tensor:
+        prompt_ids = pad(prompts, padding_value=trainer.processing_class.pad_token_id, padding_side="left")
+        prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
+        input_ids = torch.cat([prompt_ids, batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([prompt_mask, batch["completion_mask"]], dim=1)
+        with torch.no_grad():
+            logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+                trainer, trainer.model, input_ids, attention_mask, batch["completion_ids"].size(1)
+            )
+        return logps
+
+    state = batch["long_context"][0]
+    short = completion_logps([ids[mask.bool()] for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])])
+    long = completion_logps(state.long_prompt_ids)
+    weights = kd_token_weights(batch["completion_mask"], batch["rewards"], normalizer=state.tokens_in_batch)
+    assert logged != 0.0
+    assert logged == pytest.approx(conditional_kd_loss(long, short, weights).item(), rel=1e-4, abs=1e-6)

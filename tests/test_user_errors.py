@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
-from depo_trl.data import build, synthetic
+from depo_trl.data import build
 from depo_trl.depo import cli as depo_train
 from depo_trl.evaluation.__main__ import main as evaluation
+from depo_trl.toy import benchmark as toy_benchmark
+from depo_trl.toy import world
 from depo_trl.user_errors import looks_like_local_path
 from depo_trl.vllm_server import main as vllm_server
 
@@ -87,10 +89,10 @@ CASES = [
     # python -m depo_trl.vllm_server, demo, synthetic world, benchmarks
     (vllm_server, ["--config", "missing.yaml"], ["--config missing.yaml", "no such file"]),
     (vllm_server, ["--config", "{dir}/no_model.yaml"], ["--config", "no `model_name_or_path`"]),
-    (synthetic.main, ["--output-dir", "{dir}/a_file"], ["--output-dir", "a file is in the way"]),
-    (synthetic.main, ["--output-dir", "{dir}/toy", "--num-rows", "0"], ["--num-rows", "'0' is not a positive"]),
+    (world.main, ["--output-dir", "{dir}/a_file"], ["--output-dir", "a file is in the way"]),
+    (world.main, ["--output-dir", "{dir}/toy", "--num-rows", "0"], ["--num-rows", "'0' is not a positive"]),
     ("step_cost", ["--device", "cuda"], ["--device cuda", "no CUDA device"]),
-    ("toy_benchmark", ["--warm-start-dir", "./runs/none"], ["--warm-start-dir ./runs/none", "no such folder"]),
+    (toy_benchmark.main, ["--warm-start-dir", "./runs/none"], ["--warm-start-dir ./runs/none", "no such folder"]),
     ("build_data", ["--input", "missing.jsonl"], ["--input missing.jsonl", "no such file"]),
 ]
 
@@ -141,7 +143,7 @@ def test_bad_input_is_one_line_naming_the_argument(command, arguments, words, fi
         ["{python}", "-m", "depo_trl.evaluation", "--model", "m", "--tasks", "hotpotqa", "--output-dir", "o",
          "--data-dir", "nosuchdir"],
         ["{python}", "-m", "depo_trl.vllm_server", "--config", "missing.yaml"],
-        ["{python}", "-m", "depo_trl.demo", "--steps", "0"],
+        ["{python}", "-m", "depo_trl.toy.demo", "--steps", "0"],
         ["{python}", "benchmarks/step_cost.py", "--steps", "0"],
     ],
     ids=["depo-train", "depo.py", "data.build", "evaluation", "vllm_server", "demo", "step_cost"],

@@ -1,8 +1,8 @@
 """The paper's Table 3 at toy scale: five arms from one warm start, several seeds, equal steps and equal wall time.
 
-    python benchmarks/toy_benchmark.py [--steps 30] [--seeds 0 1 2] [--run-dir runs/toy_benchmark]
+    python -m depo_trl.toy.benchmark [--steps 30] [--seeds 0 1 2] [--run-dir runs/toy_benchmark]
 
-Arms: RL on short contexts, RL on long contexts, Short-Long, DePO, DePO-IW (`depo_trl.demo.ARMS`). Part 1 trains
+Arms: the paper's five (`depo_trl.arms.ARMS`). Part 1 trains
 every arm for the same number of optimizer steps; part 2 gives every arm the wall time DePO took in part 1. Prints a
 table (long EM, short EM, chance, seconds per step, total seconds; mean +- std over seeds) and writes it as Markdown
 and JSON, plus a PNG of long-context EM against wall time per arm. A benchmark, not a test: it takes a while.
@@ -15,15 +15,10 @@ import time
 
 import torch
 
-from depo_trl.data.synthetic import generate_rows
-from depo_trl.demo import ARMS, EVAL_SEED, ToySettings, evaluate, train_arm, warm_start
-from depo_trl.user_errors import (
-    ArgumentParser,
-    check_model_source,
-    positive_int,
-    reports_usage_errors,
-    writable_folder,
-)
+from ..arms import ARMS
+from ..user_errors import ArgumentParser, check_model_source, positive_int, reports_usage_errors, writable_folder
+from .training import EVAL_SEED, ToySettings, evaluate, train_arm, warm_start
+from .world import generate_rows
 
 
 def mean_std(values: list[float]) -> str:
@@ -95,9 +90,9 @@ def plot(results: list[dict], baseline: dict, path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-@reports_usage_errors("python benchmarks/toy_benchmark.py")
+@reports_usage_errors("python -m depo_trl.toy.benchmark")
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python benchmarks/toy_benchmark.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.toy.benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=positive_int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--run-dir", default="runs/toy_benchmark")
@@ -114,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_rows = generate_rows(settings.eval_rows, seed=EVAL_SEED)
     from transformers import AutoModelForCausalLM
 
-    from depo_trl.model_utils import load_tokenizer
+    from ..model_utils import load_tokenizer
 
     baseline = evaluate(
         AutoModelForCausalLM.from_pretrained(warm_start_dir), load_tokenizer(warm_start_dir), eval_rows, False

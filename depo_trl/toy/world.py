@@ -1,4 +1,4 @@
-"""The toy world: seeded synthetic long-context QA small enough for a laptop CPU (issue: the toy world).
+"""The toy world: seeded synthetic long-context QA small enough for a laptop CPU.
 
 Each row draws its own small world from closed name pools: people (born in a city, employed by a company) and cities
 (in a country). Documents are key-value-like passages, one entity each, so binding a fact to its entity is an easy
@@ -8,11 +8,9 @@ have the real builder's columns (`prompt`, `long_prompt`, `answer`, ...) and the
 lines of the real template are left out, which keeps a CPU step about 1.5x cheaper. Completions end the same way:
 "Therefore , the answer is X .".
 
-    python -m depo_trl.data.synthetic --output-dir data/toy --num-rows 2000
+    python -m depo_trl.toy.world --output-dir data/toy --num-rows 2000
 """
 
-import json
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +18,10 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
-from ..model_utils import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
+from ..data.sources import Paragraph
+from ..data.template import user_messages
+from ..model_utils import build_word_level_tokenizer
 from ..user_errors import ArgumentParser, positive_int, reports_usage_errors, writable_folder
-from .sources import Paragraph
-from .template import user_messages
 
 
 def _names(onsets: str, vowels: str, codas: str, count: int, seed: int) -> list[str]:
@@ -159,21 +157,9 @@ def mean_chance_em(rows: Sequence[dict[str, Any]], context: str = "short") -> fl
     return sum(chance_em(row, context) for row in rows) / max(len(rows), 1)
 
 
-def write_tiny_assets(output_dir: str, num_rows: int = 64, seed: int = 0) -> None:
-    """The model and data `recipes/tiny/` runs on: a randomly initialised tiny Qwen2 with the toy tokenizer in
-    `model/`, and toy rows in `toy_world.jsonl`. `make tiny-assets` regenerates the copy shipped in the repository."""
-    tokenizer = build_toy_tokenizer()
-    model = build_tiny_qwen2(tokenizer, hidden_size=64, num_hidden_layers=2, max_position_embeddings=1024, seed=seed)
-    model_dir = os.path.join(output_dir, "model")
-    save_model_and_tokenizer(model, tokenizer, model_dir)
-    with open(os.path.join(output_dir, "toy_world.jsonl"), "w", encoding="utf-8") as handle:
-        for row in generate_rows(num_rows, seed):
-            handle.write(json.dumps(row) + "\n")
-
-
-@reports_usage_errors("python -m depo_trl.data.synthetic")
+@reports_usage_errors("python -m depo_trl.toy.world")
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m depo_trl.data.synthetic", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.toy.world", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--num-rows", type=positive_int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
