@@ -1,4 +1,4 @@
-"""Answer extraction, LongBench/SQuAD normalisation, and the EM / F1 rewards (DESIGN.md section 3).
+"""Answer extraction, LongBench/SQuAD normalisation, and the EM / F1 rewards (docs/design.md, "Rewards").
 
 `em_reward` and `f1_reward` follow TRL's reward-function signature: they receive the batch's `completions` and every
 dataset column as keyword arguments, and read the gold strings from the `answer` column.

@@ -1,4 +1,4 @@
-"""DePOTrainer: TRL's GRPOTrainer plus DePO's long-context term (DESIGN.md sections 1, 4, 5 and 6).
+"""DePOTrainer: TRL's GRPOTrainer plus DePO's long-context term (docs/design.md).
 
 Generation, rewards, advantages and the proxy loss are TRL's, untouched. This subclass only
 - picks the prompt the rollouts are sampled from (`rollout_context`),
@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import pad
+from trl.trainer.utils import get_config_model_id, pad
 
 from .config import DePOConfig
 from .long_context import layer_attention_windows, pack_rows, plan_long_pass
@@ -160,6 +160,7 @@ class DePOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "depo"]
     _name = "DePO"
+    # TRL's model card cites `_paper`; the paper's arXiv id is not known to this project yet, so only its title is given
     _paper = {"title": "DePO: Decomposed Policy Optimization for Long-Context Reasoning"}
 
     def __init__(
@@ -173,7 +174,7 @@ class DePOTrainer(GRPOTrainer):
         **kwargs,
     ):
         if args is None:
-            model_name = model if isinstance(model, str) else model.config._name_or_path
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = DePOConfig(f"{str(model_name).split('/')[-1]}-DePO")
         elif not isinstance(args, DePOConfig):
             raise TypeError(f"DePOTrainer needs a DePOConfig, got {type(args).__name__}. Build a DePOConfig instead.")

@@ -80,8 +80,14 @@ def hub_offline() -> bool:
 
 
 def looks_like_local_path(value: str) -> bool:
-    """A value meant as a local path: it exists, starts with `.`, `/` or `~`, or ends in a file extension."""
-    return os.path.exists(value) or value.startswith((".", "/", "~")) or bool(_FILE_EXTENSION.search(value))
+    """A value meant as a local path: it exists, starts with `.`, `/` or `~`, ends in a file extension, or has more
+    than one `/` (a Hub id is `name` or `owner/name`)."""
+    return (
+        os.path.exists(value)
+        or value.startswith((".", "/", "~"))
+        or bool(_FILE_EXTENSION.search(value))
+        or value.count("/") > 1
+    )
 
 
 def require_file(argument: str, value: str, fix: str = "") -> str:

@@ -50,6 +50,16 @@ def test_every_recipe_parses_without_unknown_keys(path):
     assert "output_dir" in keys
 
 
+@pytest.mark.parametrize("path", [p for p in RECIPES if "/tiny/" not in p], ids=lambda p: os.path.relpath(p, ROOT))
+def test_each_model_reads_data_built_with_its_own_tokenizer(path):
+    # Budgets are counted with the model's tokenizer, so each model's recipes have their own data folder
+    text = open(path).read()
+    recipe = yaml.safe_load(text)
+    folder = os.path.basename(os.path.dirname(path))
+    assert recipe["dataset_name"] == f"data/{folder}/musique_depo"
+    assert f"--tokenizer {recipe['model_name_or_path']} --output-dir data/{folder}/musique_depo" in text
+
+
 def test_unknown_recipe_keys_are_rejected(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("model_name_or_path: x\ndataset_name: y\nuse_cpu: true\ndistilation: kd\n")

@@ -1,4 +1,4 @@
-"""Answer extraction and EM / F1 scoring against cases worked out from the rules of DESIGN.md section 3."""
+"""Answer extraction and EM / F1 scoring against cases worked out from the rules of docs/design.md, "Rewards"."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""DePOTrainer on a tiny Qwen2 model: every configuration trains, and the gradient means what DESIGN.md says."""
+"""DePOTrainer on a tiny Qwen2 model: every configuration trains, and the gradient means what docs/design.md says."""
 
 import logging
 

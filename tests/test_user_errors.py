@@ -174,6 +174,7 @@ def test_debug_variable_gives_the_traceback(capsys, monkeypatch):
         ("Qwen/Qwen2.5-7B-Instruct", False),
         ("meta-llama/Llama-3.1-8B-Instruct", False),
         ("THUDM/LongBench", False),
+        ("data/qwen2.5-7b-instruct/musique_depo", True),  # two slashes: no Hub id has them
         ("data/musique_depo", False),  # does not exist: could be a Hub id, so both places are named
     ],
 )

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         "--prompt-style",
         choices=["depo", "longbench"],
         default="depo",
-        help="'depo': DESIGN.md's template (ends with 'Therefore, the answer is'); 'longbench': "
+        help="'depo': the training template (ends with 'Therefore, the answer is'); 'longbench': "
         "LongBench's own prompts.",
     )
     parser.add_argument(

@@ -3,18 +3,20 @@
 from collections.abc import Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from ..generation import generate_completions
-from ..model_utils import load_tokenizer
 
 
 class HFBackend:
     """Greedy decoding with transformers `generate`, batched by prompt length, with a progress bar."""
 
-    def __init__(self, model_name_or_path: str, batch_size: int = 8, dtype: str = "auto"):
+    def __init__(
+        self, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8, dtype: str = "auto"
+    ):
         from transformers import AutoModelForCausalLM
 
-        self.tokenizer = load_tokenizer(model_name_or_path)
+        self.tokenizer = tokenizer
         self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
         if torch.cuda.is_available():
             self.model.to("cuda")
@@ -36,7 +38,6 @@ class VLLMBackend:
             raise ImportError(
                 "--backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, or use --backend hf."
             ) from None
-        self.tokenizer = load_tokenizer(model_name_or_path)
         self.llm = LLM(
             model=model_name_or_path,
             max_model_len=max_model_len,
@@ -53,9 +54,12 @@ class VLLMBackend:
         return [output.outputs[0].text for output in outputs]
 
 
-def make_backend(name: str, model_name_or_path: str, max_length: int, batch_size: int = 8):
+def make_backend(
+    name: str, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase, max_length: int, batch_size: int = 8
+):
+    """The generation backend `name` for a model; the hf backend reuses the tokenizer the harness loaded."""
     if name == "hf":
-        return HFBackend(model_name_or_path, batch_size=batch_size)
+        return HFBackend(model_name_or_path, tokenizer, batch_size=batch_size)
     if name == "vllm":
         return VLLMBackend(model_name_or_path, max_model_len=max_length)
     raise ValueError(f"Unknown backend {name!r}: use 'vllm' (GPU) or 'hf'.")

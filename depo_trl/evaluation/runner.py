@@ -86,7 +86,7 @@ def model_folder_name(model: str) -> str:
 
 
 def score_prediction(raw: str, answers: Sequence[str], prompt_style: str) -> tuple[str, float, float]:
-    """(prediction, F1 x100, EM x100): DESIGN.md extraction for the DePO template; LongBench-style prompts are
+    """(prediction, F1 x100, EM x100): the extraction of docs/design.md ("Rewards") for the DePO template; LongBench-style prompts are
     answered directly, so their first line is the prediction."""
     pred = extract_answer(raw) if prompt_style == "depo" else raw.strip().split("\n")[0].strip()
     return pred, 100.0 * f1_score(pred, answers), 100.0 * exact_match_score(pred, answers)
@@ -116,7 +116,9 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict[str, fl
         todo = [example for example in examples if example.id not in done]
         max_new_tokens = settings.answer_budget(task)
         if todo:
-            backend = backend or make_backend(settings.backend, model, settings.max_length, settings.batch_size)
+            backend = backend or make_backend(
+                settings.backend, model, tokenizer, settings.max_length, settings.batch_size
+            )
         for start in range(0, len(todo), GENERATION_CHUNK):
             chunk = todo[start : start + GENERATION_CHUNK]
             conversations, lengths = [], []

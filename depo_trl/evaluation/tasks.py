@@ -1,7 +1,7 @@
 """Evaluation tasks: LongBench v1 QA (extended context), moderate-context multi-hop QA, and RULER-QA by length.
 
 Every task yields `EvalExample`s: an id, the passages-and-question text pieces, and the gold answers. Prompts are
-built by `build_prompt` in DESIGN.md's template (what DePO models are trained on) or in LongBench's own wording.
+built by `build_prompt` in the training template (what DePO models are trained on) or in LongBench's own wording.
 """
 
 import os
@@ -87,7 +87,7 @@ def truncate_middle(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: i
 
 
 def build_prompt(task: str, example: EvalExample, prompt_style: str) -> str:
-    """The user message for `example`: DESIGN.md's template, or LongBench's prompt for the task's dataset."""
+    """The user message for `example`: the training template, or LongBench's prompt for the task's dataset."""
     if prompt_style == "longbench":
         dataset = LONGBENCH_TASKS.get(task, MODERATE_TASKS.get(task, "hotpotqa"))
         return LONGBENCH_PROMPTS[dataset].format(context=example.context, input=example.question)

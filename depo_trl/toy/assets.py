@@ -1,6 +1,6 @@
 """The assets `recipes/tiny/` runs on: a randomly initialised tiny Qwen2 with the toy-world tokenizer, and toy rows.
 
-    make tiny-assets        # regenerates the copy shipped in recipes/tiny/assets
+make tiny-assets        # regenerates the copy shipped in recipes/tiny/assets
 """
 
 import json
