@@ -154,9 +154,7 @@ def cpu_benchmark(args) -> None:
         )
 
     reference = results["long"]["step"]
-    print(
-        "\nratios to long (step time): " + ", ".join(f"{k} {v['step'] / reference:.2f}" for k, v in results.items())
-    )
+    print("\nratios to long (step time): " + ", ".join(f"{k} {v['step'] / reference:.2f}" for k, v in results.items()))
     # The long pass's full cost (forward + its share of the backward) is what a DePO step adds to an RL-on-short step
     short_step = results["short"]["step"]
     shared_pass, naive_pass = results["depo-shared"]["step"] - short_step, results["depo-naive"]["step"] - short_step
