@@ -7,6 +7,10 @@ from .losses import IW_REDUCTIONS
 from .user_errors import UsageError
 
 
+# Tokens the long pass holds at once when neither distillation_chunk_tokens nor max_long_prompt_length says
+DEFAULT_CHUNK_TOKENS = 32768
+
+
 @dataclass
 class DePOConfig(GRPOConfig):
     r"""
@@ -29,12 +33,15 @@ class DePOConfig(GRPOConfig):
             Rollouts whose (weighted, summed) reward is at least this value are distilled (`distillation="kd"`).
         max_long_prompt_length (`int`, *optional*):
             If set, rows whose rendered long prompt has more tokens are dropped before training, with one warning.
-        distillation_micro_batch_size (`int`, *optional*):
-            Sequences per chunk of the long-context pass. Each chunk's activations are recomputed in the backward, so
-            memory holds one chunk at a time. `None` runs the window's long pass in one chunk.
+        distillation_chunk_tokens (`int`, *optional*):
+            Tokens the long-context pass holds at once. The pass is planned in chunks of at most this many tokens,
+            each recomputed in the backward when there are several, so memory holds one chunk at a time; a prompt whose
+            rollouts do not fit is split over chunks. Defaults to one prompt with all its rollouts,
+            `max_long_prompt_length + num_generations * (max_completion_length + 1)`, or 32768 tokens when
+            `max_long_prompt_length` is not set. Raise it to run more in one forward.
         share_long_prefix (`bool`, *optional*, defaults to `True`):
-            Compute a long prompt once for all its rollouts (packed sequence with a 4D attention mask). Falls back to
-            one sequence per rollout, with a warning, for attention implementations other than SDPA and eager.
+            Compute a long prompt once for all its rollouts (one packed row, computed by the model's own SDPA or
+            flash-attention). Other attention implementations fall back to one sequence per rollout, with a warning.
     """
 
     rollout_context: str = field(
@@ -73,18 +80,20 @@ class DePOConfig(GRPOConfig):
         },
     )
 
-    distillation_micro_batch_size: int | None = field(
+    distillation_chunk_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "Sequences per chunk of the long-context pass; each chunk's activations are recomputed in the "
-            "backward (activation checkpointing), so memory holds one chunk at a time. None: one chunk."
+            "help": "Tokens the long-context pass holds at once: it runs in chunks of at most this many tokens, each "
+            "recomputed in the backward when there are several; a prompt whose rollouts do not fit is split. Default: "
+            "one prompt with all its rollouts, max_long_prompt_length + num_generations * (max_completion_length + 1), "
+            "or 32768 when max_long_prompt_length is not set."
         },
     )
     share_long_prefix: bool = field(
         default=True,
         metadata={
-            "help": "Compute each long prompt once for all its rollouts (one packed sequence with a 4D attention "
-            "mask). Attention implementations other than 'sdpa' and 'eager' fall back to one sequence per rollout."
+            "help": "Compute each long prompt once for all its rollouts (one packed row, computed by the model's own "
+            "SDPA or flash-attention). Other attention implementations fall back to one sequence per rollout."
         },
     )
 
@@ -112,13 +121,22 @@ class DePOConfig(GRPOConfig):
                 f"The long-context pass runs once per optimizer window of a generation batch, so one of "
                 f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
             )
-        if self.distillation_micro_batch_size is not None and self.distillation_micro_batch_size <= 0:
-            raise UsageError(
-                f"distillation_micro_batch_size must be a positive integer or None, got "
-                f"{self.distillation_micro_batch_size}."
-            )
         if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
             raise UsageError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
+        completion_length = self.max_completion_length or 0
+        if self.distillation_chunk_tokens is None:
+            self.distillation_chunk_tokens = (
+                self.max_long_prompt_length + (self.num_generations or 1) * (completion_length + 1)
+                if self.max_long_prompt_length is not None
+                else DEFAULT_CHUNK_TOKENS
+            )
+        smallest = (self.max_long_prompt_length or 1) + completion_length
+        if self.distillation_chunk_tokens < smallest:
+            raise UsageError(
+                f"distillation_chunk_tokens={self.distillation_chunk_tokens} cannot hold one long prompt and one "
+                f"completion ({smallest} tokens with max_long_prompt_length={self.max_long_prompt_length} and "
+                f"max_completion_length={self.max_completion_length}); raise it."
+            )
 
     @property
     def uses_long_prompt(self) -> bool:

@@ -1,18 +1,30 @@
-"""Planning and packing of the long-context pass (pure tensor code, no trainer state).
+"""The long-context pass: chunk planning, packed rows that share a long prompt, and the attention that computes them.
 
-Rollouts of the same prompt share its long context. Packed, one long prompt serves several completions in one
-sequence: `[prompt[:-1], prompt[-1], c_1, prompt[-1], c_2, ...]`, where each `prompt[-1], c_j` segment sees the prompt
-and itself only (a 4D attention mask) and restarts its positions where the prompt ends. The prompt is computed once,
-and the log-probabilities are those of the naive `[prompt, c_j]` sequences (the repeated last prompt token makes each
-segment's first completion token predicted from the prompt, as in the naive pass). Sliding-window layers see the
-same window as in the naive pass: it is measured in positions, which the packed rows keep.
+Rollouts of one prompt share its long context. Packed, one long prompt serves several completions in one sequence,
+`[prompt[:-1], prompt[-1], c_1, prompt[-1], c_2, ...]`: the prefix `prompt[:-1]` is computed once, and each segment
+`prompt[-1], c_j` attends to the prefix and causally to itself, its positions continuing where the prefix ends, so its
+log-probabilities are those of the naive `[prompt, c_j]` sequence (the repeated last prompt token makes each segment's
+first completion token predicted from the prompt, as in the naive pass).
+
+The model runs the packed row with its own attention implementation (flash-attention or SDPA), which the
+[`shared_prefix_attention`] wrapper calls twice per layer: causal attention over the prefix, then the segments as a
+batch of queries over `[prefix keys, own keys]` with the causal diagonal aligned bottom-right. Nothing of size
+`L x L` is built: flash-attention takes both calls as they are, SDPA the first as `is_causal` and the second with a
+`(segment, prefix + segment)` mask. Sliding-window layers get the window the model passes for them, in positions.
 """
 
-from collections.abc import Hashable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PretrainedConfig
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import is_flash_attention_requested
+
+
+# Keyword argument that carries a row's layout from the model call down to every attention layer
+SHARED_PREFIX_KWARG = "shared_prefix_layout"
 
 
 def layer_attention_windows(config: PretrainedConfig) -> dict[str, int | None] | None:
@@ -36,123 +48,215 @@ def layer_attention_windows(config: PretrainedConfig) -> dict[str, int | None] |
     return windows
 
 
-def plan_long_pass(
-    prompt_keys: Sequence[Hashable], max_rollouts_per_chunk: int | None, share_prefix: bool
-) -> list[list[list[int]]]:
-    """Split rollouts into chunks of packed rows: `chunks[c][r]` lists the rollouts of row `r` of chunk `c`.
+def shared_row_tokens(prompt_length: int, completion_lengths: Sequence[int]) -> int:
+    """Length of a packed row: the prompt once, and each completion after its own copy of the last prompt token."""
+    return prompt_length + sum(completion_lengths) + len(completion_lengths) - 1
 
-    Without sharing every rollout is its own row. With sharing, rollouts with the same prompt key share a row, split so
-    that no chunk holds more than `max_rollouts_per_chunk` rollouts (None: one chunk).
+
+def plan_long_pass(
+    prompt_keys: Sequence[Hashable],
+    prompt_lengths: Sequence[int],
+    completion_lengths: Sequence[int],
+    token_budget: int | None,
+    share_prefix: bool,
+) -> list[list[list[int]]]:
+    """Split rollouts into chunks of rows: `chunks[c][r]` lists the rollouts of row `r` of chunk `c`.
+
+    With sharing, a row is one prompt with some of its rollouts (a prompt whose rollouts do not fit in one row is
+    split over several) and costs [`shared_row_tokens`]; without, a row is one rollout, and a chunk's rows are padded
+    to its widest prompt plus the completion width. Chunks hold at most `token_budget` tokens (None: one chunk); a row
+    that alone exceeds the budget gets a chunk of its own.
     """
-    limit = max_rollouts_per_chunk or len(prompt_keys) or 1
+    budget = token_budget or float("inf")
     if share_prefix:
         groups: dict[Hashable, list[int]] = {}
         for rollout, key in enumerate(prompt_keys):
             groups.setdefault(key, []).append(rollout)
-        rows = [group[start : start + limit] for group in groups.values() for start in range(0, len(group), limit)]
+        rows = []
+        for group in groups.values():
+            row: list[int] = []
+            for rollout in group:
+                candidate = row + [rollout]
+                if row and shared_row_tokens(prompt_lengths[rollout], [completion_lengths[r] for r in candidate]) > budget:
+                    rows.append(row)
+                    candidate = [rollout]
+                row = candidate
+            rows.append(row)
+
+        def cost(chunk_rows: list[list[int]]) -> float:
+            return sum(shared_row_tokens(prompt_lengths[r[0]], [completion_lengths[i] for i in r]) for r in chunk_rows)
+
     else:
         rows = [[rollout] for rollout in range(len(prompt_keys))]
+        width = max(completion_lengths, default=0)
+
+        def cost(chunk_rows: list[list[int]]) -> float:
+            return len(chunk_rows) * (max(prompt_lengths[r[0]] for r in chunk_rows) + width)
+
     chunks: list[list[list[int]]] = []
-    size = limit
     for row in rows:
-        if size + len(row) > limit:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(row)
-        size += len(row)
+        if chunks and cost(chunks[-1] + [row]) <= budget:
+            chunks[-1].append(row)
+        else:
+            chunks.append([row])
     return chunks
 
 
 @dataclass
-class PackedRows:
-    """Model inputs for packed rows, and where each scored token's log-prob lands: for the k-th scored token,
-    `log_probs[row[k], position[k] - 1]` is the log-prob of completion token `token[k]` of rollout `rollout[k]`."""
+class SharedPrefixLayout:
+    """Where the segments of a packed row are: `segment_index[j, i]` is the row position of token `i` of segment `j`
+    (padded segments repeat their last position, and `segment_valid` marks the real tokens)."""
 
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor | dict[str, torch.Tensor]
-    labels: torch.Tensor
+    prefix_length: int
+    segment_index: torch.Tensor  # (segments, longest segment), long
+    segment_valid: torch.Tensor  # (segments, longest segment), bool
+
+
+@dataclass
+class SharedPrefixRow:
+    """Model inputs of one packed row, and where each scored token's log-prob lands: the `k`-th scored token is
+    completion token `token[k]` of rollout `rollout[k]`, predicted at row position `position[k] - 1`."""
+
+    input_ids: torch.Tensor  # (1, L)
+    position_ids: torch.Tensor  # (1, L)
+    labels: torch.Tensor  # (1, L), -100 where nothing is scored
+    layout: SharedPrefixLayout
     rollout: torch.Tensor
     token: torch.Tensor
-    row: torch.Tensor
     position: torch.Tensor
 
 
-def _causal_band(size: int, window: int | None) -> torch.Tensor:
-    """`(size, size)` boolean: causal attention, limited to keys fewer than `window` positions behind (None: all)."""
-    allowed = torch.ones(size, size, dtype=torch.bool).tril()
+def pack_shared_row(
+    prompt_ids: torch.Tensor, completions: Sequence[tuple[int, torch.Tensor]], device: torch.device | str = "cpu"
+) -> SharedPrefixRow:
+    """Pack one prompt (unpadded 1D ids) and `(rollout, completion_ids)` pairs (unpadded) into a shared row."""
+    prefix = prompt_ids[:-1]
+    prefix_length = len(prefix)
+    pieces, positions, labels = [prefix], [torch.arange(prefix_length)], [torch.full((prefix_length,), -100)]
+    starts, lengths, scored = [], [], []
+    start = prefix_length
+    for rollout, completion in completions:
+        segment = torch.cat([prompt_ids[-1:], completion])
+        pieces.append(segment)
+        positions.append(torch.arange(prefix_length, prefix_length + len(segment)))
+        labels.append(torch.cat([torch.tensor([-100]), completion]))
+        scored += [(rollout, token, start + 1 + token) for token in range(len(completion))]
+        starts.append(start)
+        lengths.append(len(segment))
+        start += len(segment)
+    longest = max(lengths)
+    offsets = torch.arange(longest)
+    lengths_tensor = torch.tensor(lengths)
+    segment_valid = offsets < lengths_tensor.unsqueeze(-1)
+    segment_index = torch.tensor(starts).unsqueeze(-1) + torch.minimum(offsets, lengths_tensor.unsqueeze(-1) - 1)
+    rollout, token, position = (
+        torch.tensor(column, dtype=torch.long, device=device) for column in zip(*scored or [(0, 0, 0)])
+    )
+    if not scored:  # only empty completions: nothing is scored
+        rollout, token, position = rollout[:0], token[:0], position[:0]
+    return SharedPrefixRow(
+        input_ids=torch.cat(pieces).unsqueeze(0).to(device),
+        position_ids=torch.cat(positions).unsqueeze(0).to(device),
+        labels=torch.cat(labels).long().unsqueeze(0).to(device),
+        layout=SharedPrefixLayout(prefix_length, segment_index.to(device), segment_valid.to(device)),
+        rollout=rollout,
+        token=token,
+        position=position,
+    )
+
+
+def causal_band_mask(
+    queries: int, keys: int, query_offset: int, window: int | None, device: torch.device | str
+) -> torch.Tensor:
+    """Boolean `(1, 1, queries, keys)`: query `i` (at position `query_offset + i`) sees keys `j <= query_offset + i`
+    fewer than `window` positions behind (None: all of them); `True` where attention is allowed."""
+    query_positions = torch.arange(queries, device=device).unsqueeze(-1) + query_offset
+    key_positions = torch.arange(keys, device=device)
+    allowed = key_positions <= query_positions
     if window is not None:
-        allowed &= ~torch.ones(size, size, dtype=torch.bool).tril(-window)
-    return allowed
+        allowed &= query_positions - key_positions < window
+    return allowed[None, None]
 
 
-def pack_rows(
-    rows: Sequence[tuple[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]],
-    pad_token_id: int,
-    windows: Mapping[str, int | None] | None = None,
-    mask_dtype: torch.dtype = torch.float32,
-) -> PackedRows:
-    """Pack `(prompt_ids, [(rollout, completion_ids), ...])` rows (unpadded 1D tensors) into a padded batch.
+def _attend_shared_prefix(
+    original: Callable, flash: bool, module, query, key, value, layout: SharedPrefixLayout, kwargs: dict
+) -> tuple[torch.Tensor, None]:
+    """Attention of one packed row (batch 1), `(1, L, heads, dim)` like transformers' attention functions return."""
+    prefix_length = layout.prefix_length
+    window = kwargs.get("sliding_window")
+    if not flash:  # SDPA applies a window only through its mask
+        kwargs = {name: value for name, value in kwargs.items() if name != "sliding_window"}
 
-    The attention mask is `(R, 1, L, L)`: boolean (True where attention is allowed) when `mask_dtype` is `torch.bool`,
-    else additive (0 where allowed, the dtype's minimum elsewhere). Padding positions attend to themselves only, so
-    no softmax row is empty. `windows` (from [`layer_attention_windows`]; default: full attention only) gives one mask
-    per layer type, a sliding window keeping keys fewer than `window` positions behind the query; with one layer type
-    the mask is a tensor, with several a dict keyed by layer type.
+    def mask(queries: int, keys: int, offset: int) -> torch.Tensor | None:
+        # flash-attention aligns the causal diagonal bottom-right and takes the window as an argument; SDPA's
+        # `is_causal` only serves a square without window
+        if flash or (queries == keys and window is None):
+            return None
+        return causal_band_mask(queries, keys, offset, window, query.device)
+
+    prefix = slice(0, prefix_length)
+    if prefix_length:
+        prefix_output, _ = original(
+            module,
+            query[:, :, prefix],
+            key[:, :, prefix],
+            value[:, :, prefix],
+            mask(prefix_length, prefix_length, 0),
+            **kwargs,
+        )
+    else:  # a one-token prompt: nothing before the segments
+        prefix_output = query.new_zeros((1, 0, query.shape[1], value.shape[-1]))
+    index = layout.segment_index
+    segments, longest = index.shape
+
+    def segment_batch(states: torch.Tensor) -> torch.Tensor:  # (1, heads, L, dim) -> (segments, heads, longest, dim)
+        return states[0][:, index].transpose(0, 1)
+
+    def with_prefix(states: torch.Tensor) -> torch.Tensor:
+        shared = states[:, :, prefix].expand(segments, -1, -1, -1)
+        return torch.cat([shared, segment_batch(states)], dim=2)
+
+    segment_output, _ = original(
+        module,
+        segment_batch(query),
+        with_prefix(key),
+        with_prefix(value),
+        mask(longest, prefix_length + longest, prefix_length),
+        **kwargs,
+    )
+    # Segments follow the prefix in row order, so their valid tokens, row-major, are positions prefix_length .. L - 1
+    return torch.cat([prefix_output, segment_output[layout.segment_valid].unsqueeze(0)], dim=1), None
+
+
+def shared_prefix_attention(original: Callable, flash: bool) -> Callable:
+    """An attention function that computes packed rows (a call that carries [`SHARED_PREFIX_KWARG`]) with `original`,
+    and hands every other call to `original` unchanged."""
+
+    @functools.wraps(original)
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        layout = kwargs.pop(SHARED_PREFIX_KWARG, None)
+        if layout is None:
+            return original(module, query, key, value, attention_mask, **kwargs)
+        # The row's own mask and positions describe the packing, not what `original` should apply
+        kwargs.pop("position_ids", None)
+        return _attend_shared_prefix(original, flash, module, query, key, value, layout, kwargs)
+
+    attention.computes_shared_prefix = True
+    return attention
+
+
+def install_shared_prefix_attention(implementation: str | None) -> bool:
+    """Wrap the attention function registered under `implementation` with [`shared_prefix_attention`] (once).
+
+    False when the implementation cannot compute packed rows this way (eager attention, whose function is each
+    model's own, and anything but SDPA and flash-attention).
     """
-    windows = dict(windows or {"full_attention": None})
-    sequences, positions, labels, index = [], [], [], []
-    allowed: dict[str, list[torch.Tensor]] = {layer_type: [] for layer_type in windows}
-    for row_number, (prompt_ids, completions) in enumerate(rows):
-        prefix = prompt_ids[:-1]
-        length = len(prefix) + sum(1 + len(completion) for _, completion in completions)
-        row_allowed = {layer_type: torch.zeros(length, length, dtype=torch.bool) for layer_type in windows}
-        for layer_type, window in windows.items():
-            row_allowed[layer_type][: len(prefix), : len(prefix)] = _causal_band(len(prefix), window)
-        pieces, piece_positions = [prefix], [torch.arange(len(prefix))]
-        row_labels = torch.full((length,), -100, dtype=torch.long)
-        start = len(prefix)
-        for rollout, completion in completions:
-            segment = torch.cat([prompt_ids[-1:], completion])
-            end = start + len(segment)
-            segment_positions = torch.arange(len(prefix), len(prefix) + len(segment))
-            for layer_type, window in windows.items():
-                # The segment sees the prompt prefix (within the window) and itself causally
-                sees_prefix = True
-                if window is not None:
-                    sees_prefix = torch.arange(len(prefix)) > segment_positions.unsqueeze(-1) - window
-                row_allowed[layer_type][start:end, : len(prefix)] = sees_prefix
-                row_allowed[layer_type][start:end, start:end] = _causal_band(len(segment), window)
-            row_labels[start + 1 : end] = completion
-            pieces.append(segment)
-            piece_positions.append(segment_positions)
-            index += [(rollout, token, row_number, start + 1 + token) for token in range(len(completion))]
-            start = end
-        sequences.append(torch.cat(pieces))
-        positions.append(torch.cat(piece_positions))
-        labels.append(row_labels)
-        for layer_type in windows:
-            allowed[layer_type].append(row_allowed[layer_type])
-    width = max(len(sequence) for sequence in sequences)
-    batch = len(rows)
-    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((batch, width), dtype=torch.long)
-    padded_labels = torch.full((batch, width), -100, dtype=torch.long)
-    for row_number, (sequence, position, row_labels) in enumerate(zip(sequences, positions, labels)):
-        size = len(sequence)
-        input_ids[row_number, :size] = sequence
-        position_ids[row_number, :size] = position
-        padded_labels[row_number, :size] = row_labels
-    masks = {}
-    for layer_type, row_masks in allowed.items():
-        mask = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
-        for row_number, row_mask in enumerate(row_masks):
-            mask[row_number, : len(row_mask), : len(row_mask)] = row_mask
-        if mask_dtype != torch.bool:
-            mask = torch.zeros(mask.shape, dtype=mask_dtype).masked_fill(~mask, torch.finfo(mask_dtype).min)
-        masks[layer_type] = mask.unsqueeze(1)
-    mask = next(iter(masks.values())) if len(masks) == 1 else masks
-    rollout, token, row, position = (torch.tensor(column, dtype=torch.long) for column in zip(*index or [(0,) * 4]))
-    if not index:  # only empty completions: nothing is scored
-        rollout, token, row, position = (column[:0] for column in (rollout, token, row, position))
-    return PackedRows(input_ids, position_ids, mask, padded_labels, rollout, token, row, position)
+    if implementation is None or implementation not in ALL_ATTENTION_FUNCTIONS:
+        return False
+    flash = is_flash_attention_requested(requested_attention_implementation=implementation)
+    if implementation != "sdpa" and not flash:
+        return False
+    current = ALL_ATTENTION_FUNCTIONS[implementation]
+    if not getattr(current, "computes_shared_prefix", False):
+        ALL_ATTENTION_FUNCTIONS[implementation] = shared_prefix_attention(current, flash)
+    return True

@@ -27,7 +27,13 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, pad
 
 from .config import DePOConfig
-from .long_context import layer_attention_windows, pack_rows, plan_long_pass
+from .long_context import (
+    SHARED_PREFIX_KWARG,
+    install_shared_prefix_attention,
+    layer_attention_windows,
+    pack_shared_row,
+    plan_long_pass,
+)
 from .losses import (
     accumulated_token_normalizer,
     conditional_kd_loss,
@@ -493,18 +499,26 @@ class DePOTrainer(GRPOTrainer):
         if self.args.distillation == "kd":  # only correct rollouts go through the long context
             rows = rows[(state.token_weights[rows] > 0).any(-1)]
         share = self._long_prefix_sharing_enabled()
-        prompt_keys = [tuple(state.long_prompt_ids[row].tolist()) for row in rows.tolist()]
-        chunks = plan_long_pass(prompt_keys, self.args.distillation_micro_batch_size, share)
+        rollouts = rows.tolist()
+        chunks = plan_long_pass(
+            [tuple(state.long_prompt_ids[rollout].tolist()) for rollout in rollouts],
+            [len(state.long_prompt_ids[rollout]) for rollout in rollouts],
+            state.completion_mask[rows].sum(-1).tolist(),
+            self.args.distillation_chunk_tokens,
+            share,
+        )
         # ZeRO-3 / FSDP: every process must run as many forwards; extra chunks are one row with zero weight
         num_chunks = int(self.accelerator.gather(torch.tensor([len(chunks)], device=rows.device)).max())
         chunk_losses = []
         for index in range(num_chunks):
             if index < len(chunks):
-                chunk_rows = [[int(rows[position]) for position in row] for row in chunks[index]]
+                chunk_rows = [[rollouts[position] for position in row] for row in chunks[index]]
                 weight_scale = 1.0
             else:
                 chunk_rows, weight_scale = [[0]], 0.0
-            chunk_losses.append(self._chunk_loss(model, state, chunk_rows, share, weight_scale))
+            # Several chunks: each is recomputed in the backward, so memory holds one chunk's activations at a time
+            recompute = num_chunks > 1 and torch.is_grad_enabled()
+            chunk_losses.append(self._chunk_loss(model, state, chunk_rows, share, weight_scale, recompute))
         if self.args.distillation == "iw":
             self._log_clip_ratio(state, rows)
         # No process has anything to distil: every process skips the pass alike
@@ -515,8 +529,8 @@ class DePOTrainer(GRPOTrainer):
             return False
         config = self.accelerator.unwrap_model(self.model).config
         implementation = getattr(config, "_attn_implementation", None)
-        if implementation not in ("sdpa", "eager"):
-            reason = f"an attention implementation that takes a 4D mask ('sdpa' or 'eager'), not {implementation!r}"
+        if not install_shared_prefix_attention(implementation):
+            reason = f"SDPA or flash-attention, not {implementation!r}"
         elif layer_attention_windows(config) is None:
             reason = f"full or sliding-window attention layers, not {sorted(set(config.layer_types))}"
         else:
@@ -527,18 +541,24 @@ class DePOTrainer(GRPOTrainer):
         return False
 
     def _chunk_loss(
-        self, model, state: LongContextBatch, chunk_rows: list[list[int]], share: bool, weight_scale: float
+        self,
+        model,
+        state: LongContextBatch,
+        chunk_rows: list[list[int]],
+        share: bool,
+        weight_scale: float,
+        recompute: bool,
     ) -> torch.Tensor:
-        """Weighted long-context loss of one chunk. With `distillation_micro_batch_size` set and gradients on, the
-        chunk's activations are recomputed during the backward (activation checkpointing), so memory holds one
-        chunk at a time while the step keeps the single backward that DeepSpeed's accumulation bookkeeping expects."""
+        """Weighted long-context loss of one chunk. With `recompute`, the chunk's activations are recomputed during
+        the backward (activation checkpointing), so memory holds one chunk at a time while the step keeps the single
+        backward that DeepSpeed's accumulation bookkeeping expects."""
         rollouts = torch.tensor([rollout for row in chunk_rows for rollout in row], device=self.accelerator.device)
 
         def chunk_loss(*_):
             long_logps = self._long_logps(model, state, chunk_rows, share)
             return self._weighted_terms(state, rollouts, long_logps, weight_scale), long_logps.detach()
 
-        if self.args.distillation_micro_batch_size is not None and torch.is_grad_enabled():
+        if recompute:
             dummy = torch.ones((), device=rollouts.device, requires_grad=True)  # gives checkpoint an input to track
             loss, long_logps = checkpoint(chunk_loss, dummy, use_reentrant=False)
         else:
@@ -551,46 +571,37 @@ class DePOTrainer(GRPOTrainer):
         """Completion-token log-probs `(rollouts, T)` under the long prompts, in `chunk_rows` order."""
         completion_ids, completion_mask = state.completion_ids, state.completion_mask
         rollouts = [rollout for row in chunk_rows for rollout in row]
+        device = self.accelerator.device
         if not share:
+            # Completions are padded to the generation batch's longest; this chunk's longest is enough
+            width = max(int(completion_mask[rollouts].sum(-1).max()), 1)
             prompts = [state.long_prompt_ids[rollout] for rollout in rollouts]
             prompt_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
             prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
-            input_ids = torch.cat([prompt_ids, completion_ids[rollouts]], dim=1)
-            attention_mask = torch.cat([prompt_mask, completion_mask[rollouts]], dim=1)
-            logps, _, _ = super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, completion_ids.size(1)
-            )
-            return logps
-        rows = [
-            (
-                state.long_prompt_ids[row[0]],
-                [(rollout, completion_ids[rollout][completion_mask[rollout].bool()]) for rollout in row],
-            )
-            for row in chunk_rows
-        ]
-        config = self.accelerator.unwrap_model(model).config
-        # SDPA takes a boolean mask as is; eager attention adds the mask to its scores, so it gets an additive one
-        mask_dtype = torch.bool if config._attn_implementation == "sdpa" else torch.float32
-        packed = pack_rows(rows, self._tokenizer.pad_token_id, layer_attention_windows(config), mask_dtype)
-        device = self.accelerator.device
-        attention_mask = packed.attention_mask
-        if isinstance(attention_mask, dict):
-            attention_mask = {layer_type: mask.to(device) for layer_type, mask in attention_mask.items()}
-        else:
-            attention_mask = attention_mask.to(device)
-        with self.accelerator.autocast():
-            log_probs = model(
-                input_ids=packed.input_ids.to(device),
-                attention_mask=attention_mask,
-                position_ids=packed.position_ids.to(device),
-                labels=packed.labels.to(device),
-                fused_lm_head=True,
-            ).log_probs
+            input_ids = torch.cat([prompt_ids, completion_ids[rollouts, :width]], dim=1)
+            attention_mask = torch.cat([prompt_mask, completion_mask[rollouts, :width]], dim=1)
+            logps, _, _ = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, width)
+            return torch.nn.functional.pad(logps, (0, completion_ids.size(1) - width))
         order = {rollout: position for position, rollout in enumerate(rollouts)}
-        logps = log_probs.new_zeros((len(rollouts), completion_ids.size(1)))
-        target = torch.tensor([order[int(r)] for r in packed.rollout], dtype=torch.long, device=device)
-        values = log_probs[packed.row.to(device), packed.position.to(device) - 1]
-        return logps.index_put((target, packed.token.to(device)), values)
+        targets, tokens, values = [], [], []
+        for row in chunk_rows:
+            completions = [(rollout, completion_ids[rollout][completion_mask[rollout].bool()]) for rollout in row]
+            packed = pack_shared_row(state.long_prompt_ids[row[0]], completions, device)
+            with self.accelerator.autocast():
+                log_probs = model(
+                    input_ids=packed.input_ids,
+                    # All ones: no padding, so the model builds no packing or L x L mask of its own
+                    attention_mask=torch.ones_like(packed.input_ids),
+                    position_ids=packed.position_ids,
+                    labels=packed.labels,
+                    fused_lm_head=True,
+                    **{SHARED_PREFIX_KWARG: packed.layout},
+                ).log_probs
+            targets.append(torch.tensor([order[int(r)] for r in packed.rollout], dtype=torch.long, device=device))
+            tokens.append(packed.token)
+            values.append(log_probs[0, packed.position - 1])
+        logps = values[0].new_zeros((len(rollouts), completion_ids.size(1)))
+        return logps.index_put((torch.cat(targets), torch.cat(tokens)), torch.cat(values))
 
     def _weighted_terms(
         self, state: LongContextBatch, rollouts: torch.Tensor, long_logps: torch.Tensor, weight_scale: float

@@ -3,10 +3,10 @@
 Scenarios (the second argument):
 - `one-process-correct`: process 0 gets the rollouts of the prompt that is always rewarded, process 1 those of the
   prompt that never is, so one process distils and the other runs only the zero-weighted long pass. With
-  `--micro-batch-size 1` the two processes have different chunk counts (2 and 0).
+  `--chunk-tokens 70` the two processes have different chunk counts (2 and 0).
 - `uneven-chunks`: three prompts per process; process 0's share one long prompt, process 1's have three different
-  ones, so the shared-prefix pass with `--micro-batch-size 3` plans 2 chunks on process 0 and 3 on process 1 (DePO-IW;
-  with KD, process 1 has no correct rollout and plans none).
+  and longer ones, so the shared-prefix pass with `--chunk-tokens 150` plans 1 chunk on process 0 and 4 on process 1
+  (DePO-IW; with KD, process 1 has no correct rollout and plans none).
 - `overlong-eval`: `evaluate()` on a dataset where one process's long prompt exceeds `max_long_prompt_length`.
 - `bad-answer`: the exact-match reward on rows where one process's row has an unusable `answer` ([]).
 
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("scenario", choices=["one-process-correct", "uneven-chunks", "overlong-eval", "bad-answer"])
     parser.add_argument("output_dir")
     parser.add_argument("--distillation", default="kd")
-    parser.add_argument("--micro-batch-size", type=int, default=None)
+    parser.add_argument("--chunk-tokens", type=int, default=None)
     args = parser.parse_args()
 
     correct_rollouts_per_step = []
@@ -93,7 +93,7 @@ def main() -> None:
         use_cpu=True,
         bf16=False,
         shuffle_dataset=False,
-        distillation_micro_batch_size=args.micro_batch_size,
+        distillation_chunk_tokens=args.chunk_tokens,
         max_long_prompt_length=200 if args.scenario == "overlong-eval" else None,
     )
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 import pytest
 
 from depo_trl import ARMS, DePOConfig
+from depo_trl.config import DEFAULT_CHUNK_TOKENS
 
 
 def config(**kwargs):
@@ -27,8 +28,8 @@ def test_other_bad_values():
         config(distillation="iw", loss_type="cispo")
     with pytest.raises(ValueError, match="max_long_prompt_length"):
         config(max_long_prompt_length=0)
-    with pytest.raises(ValueError, match="distillation_micro_batch_size"):
-        config(distillation_micro_batch_size=0)
+    with pytest.raises(ValueError, match="distillation_chunk_tokens=100 cannot hold one long prompt"):
+        config(distillation_chunk_tokens=100, max_long_prompt_length=90, max_completion_length=20)
     with pytest.raises(ValueError, match="must divide the other"):
         config(gradient_accumulation_steps=2, steps_per_generation=3)
     config(gradient_accumulation_steps=2, steps_per_generation=3, distillation="none")  # no long pass: any split
@@ -38,3 +39,12 @@ def test_defaults_are_depo():
     args = config()
     assert (args.rollout_context, args.distillation, args.distillation_coef) == ("short", "kd", 1.0)
     assert args.distillation_reward_threshold == 1.0
+
+
+def test_the_long_pass_holds_one_prompt_with_its_rollouts_by_default():
+    assert (
+        config(max_long_prompt_length=15360, num_generations=8, max_completion_length=1000).distillation_chunk_tokens
+        == 15360 + 8 * 1001
+    )
+    assert config().distillation_chunk_tokens == DEFAULT_CHUNK_TOKENS
+    assert config(distillation_chunk_tokens=4096).distillation_chunk_tokens == 4096

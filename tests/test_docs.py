@@ -26,6 +26,8 @@ def test_documents_show_the_arms_registry(document):
 
 def test_references_to_documents_point_inside_the_project():
     for name in tracked_text_files():
+        if name == "tests/test_docs.py":  # names the old document in order to look for it
+            continue
         with open(os.path.join(ROOT, name), encoding="utf-8") as handle:
             text = handle.read()
         assert "DESIGN.md" not in text, name

@@ -1,47 +1,139 @@
 """The long-context pass at bounded cost: shared long prompts and chunks give the naive pass's gradients."""
 
+import functools
+import random
+
 import pytest
 import torch
 from datasets import Dataset
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from depo_trl.long_context import pack_rows, plan_long_pass
+from depo_trl.long_context import (
+    SHARED_PREFIX_KWARG,
+    causal_band_mask,
+    pack_shared_row,
+    plan_long_pass,
+    shared_prefix_attention,
+    shared_row_tokens,
+)
 from depo_trl.losses import distillation_mask
 
 from .conftest import make_rows
 from .test_trainer import accumulated_gradients, generation_batch, make_trainer
 
 
-def test_plan_groups_rollouts_by_prompt_and_bounds_chunks():
-    keys = ["a", "b", "a", "a", "c", "b"]
-    assert plan_long_pass(keys, None, share_prefix=False) == [[[0], [1], [2], [3], [4], [5]]]
-    assert plan_long_pass(keys, None, share_prefix=True) == [[[0, 2, 3], [1, 5], [4]]]
-    assert plan_long_pass(keys, 2, share_prefix=True) == [[[0, 2]], [[3]], [[1, 5]], [[4]]]
-    assert plan_long_pass(keys, 3, share_prefix=True) == [[[0, 2, 3]], [[1, 5], [4]]]
-    assert plan_long_pass(keys, 4, share_prefix=False) == [[[0], [1], [2], [3]], [[4], [5]]]
+KEYS = ["a", "b", "a", "a", "c", "b"]
+PROMPT_LENGTHS = [10, 20, 10, 10, 5, 20]
+COMPLETION_LENGTHS = [3, 4, 2, 5, 1, 6]
 
 
-def test_packed_rows_by_hand():
-    packed_input = [(torch.tensor([7, 8, 9]), [(0, torch.tensor([1, 2])), (3, torch.tensor([5]))])]
-    packed = pack_rows(packed_input, 0, mask_dtype=torch.bool)
-    # [7, 8 | 9, 1, 2 | 9, 5]: the last prompt token opens each segment
-    assert packed.input_ids.tolist() == [[7, 8, 9, 1, 2, 9, 5]]
-    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3]]
-    assert packed.labels.tolist() == [[-100, -100, -100, 1, 2, -100, 5]]
-    allowed = packed.attention_mask[0, 0].int().tolist()
-    assert allowed[4] == [1, 1, 1, 1, 1, 0, 0]  # token 2 of rollout 0: prompt + own segment
-    assert allowed[6] == [1, 1, 0, 0, 0, 1, 1]  # token 5 of rollout 3: prompt prefix + its own segment only
-    assert list(zip(packed.rollout.tolist(), packed.token.tolist(), packed.position.tolist())) == [
+def test_plan_by_hand():
+    plan = functools.partial(plan_long_pass, KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS)
+    assert plan(None, share_prefix=False) == [[[0], [1], [2], [3], [4], [5]]]
+    assert plan(None, share_prefix=True) == [[[0, 2, 3], [1, 5], [4]]]
+    # Shared, 18 tokens: prompt a takes rollouts 0 and 2 (10 + 3 + 2 + 1 = 16), then 3 alone (15); each of b's
+    # rollouts alone is over the budget (24, 26) and gets its own chunk; c's (6) does not fit beside b's
+    assert plan(18, share_prefix=True) == [[[0, 2]], [[3]], [[1]], [[5]], [[4]]]
+    # Naive, 40 tokens: rows are padded to the widest prompt plus the longest completion (6)
+    assert plan(40, share_prefix=False) == [[[0]], [[1]], [[2], [3]], [[4]], [[5]]]
+    assert shared_row_tokens(10, [3, 2]) == 16
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("budget", [12, 30, 64, 200])
+def test_plan_respects_the_token_budget_and_keeps_every_rollout_once(share_prefix, budget):
+    rng = random.Random(budget)
+    keys = [rng.choice("abcdef") for _ in range(40)]
+    prompt_length = {key: rng.randint(5, 40) for key in "abcdef"}
+    prompts = [prompt_length[key] for key in keys]
+    completions = [rng.randint(0, 12) for _ in keys]
+    chunks = plan_long_pass(keys, prompts, completions, budget, share_prefix)
+    assert sorted(r for chunk in chunks for row in chunk for r in row) == list(range(len(keys)))
+    width = max(completions)
+    for chunk in chunks:
+        if share_prefix:
+            assert all(len({keys[r] for r in row}) == 1 for row in chunk)
+            cost = sum(shared_row_tokens(prompts[row[0]], [completions[r] for r in row]) for row in chunk)
+            alone = shared_row_tokens(prompts[chunk[0][0]], [completions[chunk[0][0]]])
+        else:
+            assert all(len(row) == 1 for row in chunk)
+            cost = len(chunk) * (max(prompts[row[0]] for row in chunk) + width)
+            alone = prompts[chunk[0][0]] + width
+        assert cost <= budget or (len(chunk) == 1 and len(chunk[0]) == 1 and alone > budget)
+
+
+def test_shared_row_by_hand():
+    row = pack_shared_row(torch.tensor([7, 8, 9]), [(0, torch.tensor([1, 2])), (3, torch.tensor([5]))])
+    # [7, 8 | 9, 1, 2 | 9, 5]: the last prompt token opens each segment, whose positions continue the prefix's
+    assert row.input_ids.tolist() == [[7, 8, 9, 1, 2, 9, 5]]
+    assert row.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3]]
+    assert row.labels.tolist() == [[-100, -100, -100, 1, 2, -100, 5]]
+    assert row.layout.prefix_length == 2
+    assert row.layout.segment_index.tolist() == [[2, 3, 4], [5, 6, 6]]
+    assert row.layout.segment_valid.tolist() == [[True, True, True], [True, True, False]]
+    assert list(zip(row.rollout.tolist(), row.token.tolist(), row.position.tolist())) == [
         (0, 0, 3),
         (0, 1, 4),
         (3, 0, 6),
     ]
-    # With a window of 2 positions, sliding layers keep keys fewer than 2 positions behind: token 5 (position 3) sees
-    # the repeated prompt token (position 2) and itself, not the prefix at positions 0 and 1.
-    windows = {"full_attention": None, "sliding_attention": 2}
-    sliding = pack_rows(packed_input, 0, windows, mask_dtype=torch.bool).attention_mask
-    assert torch.equal(sliding["full_attention"], packed.attention_mask)
-    assert sliding["sliding_attention"][0, 0].int().tolist()[6] == [0, 0, 0, 0, 0, 1, 1]
-    assert sliding["sliding_attention"][0, 0].int().tolist()[4] == [0, 0, 0, 1, 1, 0, 0]
+
+
+def reference_attention(query, key, value, allowed):
+    """Softmax attention with a dense boolean mask, written out: the definition the shared pass must reproduce."""
+    scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5
+    return (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ value).transpose(1, 2)
+
+
+def packed_row_mask(row, window):
+    """The naive pass's visibility, written per token pair: same segment (or the prefix) and causal in positions."""
+    length = row.input_ids.shape[1]
+    segment = torch.zeros(length, dtype=torch.long)
+    for number, (index, valid) in enumerate(zip(row.layout.segment_index, row.layout.segment_valid), start=1):
+        segment[index[valid]] = number
+    positions = row.position_ids[0]
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    for q in range(length):
+        for k in range(q + 1):
+            visible = segment[k] == 0 or segment[k] == segment[q]
+            in_window = window is None or positions[q] - positions[k] < window
+            allowed[q, k] = visible and in_window
+    return allowed
+
+
+class Module(torch.nn.Module):
+    is_causal = True
+
+
+def bottom_right_flash(module, query, key, value, attention_mask, sliding_window=None, **kwargs):
+    """Stands in for flash-attention on a CPU: causal aligned bottom-right, window as an argument, no mask."""
+    assert attention_mask is None
+    offset = key.shape[2] - query.shape[2]
+    return reference_attention(
+        query, key, value, causal_band_mask(query.shape[2], key.shape[2], offset, sliding_window, "cpu")
+    ), None
+
+
+@pytest.mark.parametrize("window", [None, 3, 7])
+@pytest.mark.parametrize("implementation", ["sdpa", "flash"])
+def test_shared_prefix_attention_equals_attention_over_the_naive_sequences(window, implementation):
+    torch.manual_seed(0)
+    completions = [(0, torch.arange(5)), (1, torch.arange(2)), (2, torch.arange(4))]
+    row = pack_shared_row(torch.arange(100, 109), completions)
+    length = row.input_ids.shape[1]
+    query, key, value = (torch.randn(1, 2, length, 8) for _ in range(3))
+    if implementation == "sdpa":
+        original, flash = ALL_ATTENTION_FUNCTIONS["sdpa"], False
+    else:
+        original, flash = bottom_right_flash, True
+    attention = shared_prefix_attention(original, flash)
+    output, _ = attention(
+        Module(), query, key, value, None, sliding_window=window, **{SHARED_PREFIX_KWARG: row.layout}
+    )
+    expected = reference_attention(query, key, value, packed_row_mask(row, window))
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    # Without a layout the call is the original's, untouched
+    plain, _ = attention(Module(), query, key, value, None)
+    torch.testing.assert_close(plain, original(Module(), query, key, value, None)[0])
 
 
 def uneven_dataset() -> Dataset:
@@ -70,13 +162,15 @@ def shorten_completions(trainer, batch, lengths):
     "variant",
     [
         {"share_long_prefix": True},
-        {"share_long_prefix": False, "distillation_micro_batch_size": 2},
-        {"share_long_prefix": True, "distillation_micro_batch_size": 3},
+        {"share_long_prefix": False, "distillation_chunk_tokens": 200},
+        {"share_long_prefix": True, "distillation_chunk_tokens": 60},
         {"share_long_prefix": True, "gradient_checkpointing": True},
+        {"share_long_prefix": True, "gradient_checkpointing": True, "distillation_chunk_tokens": 60},
     ],
-    ids=["shared", "chunked", "shared+chunked", "shared+checkpointing"],
+    ids=["shared", "chunked", "shared+split-prompts", "shared+checkpointing", "shared+split+checkpointing"],
 )
 def test_shared_and_chunked_long_pass_match_the_naive_gradient(tiny_model_dir, tmp_path, distillation, level, variant):
+    """Prompt-side padding (two long-prompt lengths) and completion-side padding (completions cut short)."""
     dataset = uneven_dataset()
     common = {"distillation": distillation, "importance_sampling_level": level, "per_device_train_batch_size": 8}
     naive = make_trainer(tiny_model_dir, dataset, tmp_path / "naive", share_long_prefix=False, **common)
@@ -93,3 +187,38 @@ def test_shared_and_chunked_long_pass_match_the_naive_gradient(tiny_model_dir, t
     # float32: the packed and chunked passes sum the same terms in another order
     for name, grad in reference.items():
         torch.testing.assert_close(gradients[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_default_long_pass_builds_no_mask_as_long_as_the_row(tiny_model_dir, tmp_path, monkeypatch):
+    """SDPA sees the prefix as `is_causal` (no mask) and the segments with a `(segment, prefix + segment)` mask: no
+    square mask, so nothing of size L x L, is built for a packed row."""
+    dataset = uneven_dataset()
+    trainer = make_trainer(tiny_model_dir, dataset, tmp_path, distillation="iw", per_device_train_batch_size=8)
+    assert trainer.model.config._attn_implementation == "sdpa" and trainer._long_prefix_sharing_enabled()
+    batch = generation_batch(trainer, dataset, num_prompts=2)
+    calls, in_long_pass = [], []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(query, key, value, attn_mask=None, **kwargs):
+        if in_long_pass:
+            calls.append((query.shape[-2], key.shape[-2], None if attn_mask is None else tuple(attn_mask.shape[-2:])))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    window_long_pass = trainer._window_long_pass
+
+    def recording_long_pass(*args, **kwargs):
+        in_long_pass.append(True)
+        try:
+            return window_long_pass(*args, **kwargs)
+        finally:
+            in_long_pass.clear()
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    trainer._window_long_pass = recording_long_pass
+    accumulated_gradients(trainer, [batch])
+    prefix_calls = [call for call in calls if call[2] is None]
+    segment_calls = [call for call in calls if call[2] is not None]
+    assert prefix_calls and all(queries == keys for queries, keys, _ in prefix_calls)
+    assert segment_calls and all(mask == (queries, keys) and queries < keys for queries, keys, mask in segment_calls)
+    longest_row = max(len(ids) for ids in batch["long_context"][0].long_prompt_ids)
+    assert all(queries < longest_row // 4 for queries, _, _ in segment_calls)

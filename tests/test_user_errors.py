@@ -91,7 +91,8 @@ CASES = [
     (vllm_server, ["--config", "{dir}/no_model.yaml"], ["--config", "no `model_name_or_path`"]),
     (world.main, ["--output-dir", "{dir}/a_file"], ["--output-dir", "a file is in the way"]),
     (world.main, ["--output-dir", "{dir}/toy", "--num-rows", "0"], ["--num-rows", "'0' is not a positive"]),
-    ("step_cost", ["--device", "cuda"], ["--device cuda", "no CUDA device"]),
+    ("long_pass_scaling", ["--device", "cuda"], ["--device cuda", "no CUDA device"]),
+    ("step_cost", ["--bogus"], ["unrecognized arguments: --bogus"]),
     (toy_benchmark.main, ["--warm-start-dir", "./runs/none"], ["--warm-start-dir ./runs/none", "no such folder"]),
     ("build_data", ["--input", "missing.jsonl"], ["--input missing.jsonl", "no such file"]),
 ]
