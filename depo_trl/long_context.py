@@ -77,7 +77,10 @@ def plan_long_pass(
             row: list[int] = []
             for rollout in group:
                 candidate = row + [rollout]
-                if row and shared_row_tokens(prompt_lengths[rollout], [completion_lengths[r] for r in candidate]) > budget:
+                if (
+                    row
+                    and shared_row_tokens(prompt_lengths[rollout], [completion_lengths[r] for r in candidate]) > budget
+                ):
                     rows.append(row)
                     candidate = [rollout]
                 row = candidate
