@@ -8,7 +8,7 @@ import pytest
 from depo_trl.data.builder import ContextBuilder
 from depo_trl.data.template import render_prompt
 from depo_trl.evaluation.__main__ import main as evaluation_main
-from depo_trl.evaluation.runner import parse_tasks, score_prediction
+from depo_trl.evaluation.runner import parse_tasks, score_prediction, task_metrics
 from depo_trl.evaluation.tasks import build_prompt, load_ruler, moderate_examples, truncate_middle
 from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
 
@@ -39,8 +39,9 @@ def test_scoring_by_hand(raw, answers, style, pred, f1, em):
 
 
 def test_task_groups_and_errors():
-    assert parse_tasks("moderate,longbench_qasper") == ["hotpotqa", "2wikimqa", "musique", "longbench_qasper"]
-    assert len(parse_tasks("all")) == 12
+    moderate = ["docmath", "frames", "2wikimqa", "hotpotqa", "musique"]
+    assert parse_tasks("moderate,longbench_qasper") == [*moderate, "longbench_qasper"]
+    assert len(parse_tasks("all")) == 15
     with pytest.raises(ValueError, match="--tasks squad: unknown task"):
         parse_tasks("squad")
 
@@ -101,6 +102,9 @@ def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, mo
         shutil.copy(os.path.join(LONGBENCH_DIR, name), tmp_path / name)
     for name in ("hotpotqa_distractor_sample.json", "2wikimultihopqa_sample.json", "musique_sample.jsonl"):
         shutil.copy(os.path.join(FIXTURES, name), tmp_path / name)
+    shutil.copytree(os.path.join(FIXTURES, "docmath"), tmp_path / "docmath")
+    shutil.copy(os.path.join(FIXTURES, "frames", "frames.jsonl"), tmp_path / "frames.jsonl")
+    shutil.copy(os.path.join(FIXTURES, "longbench_v2", "longbench_v2.json"), tmp_path / "longbench_v2.json")
     output = tmp_path / "eval"
     model_name = os.path.basename(eval_model_dir)
     evaluation_main([
@@ -111,12 +115,12 @@ def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, mo
     for task in parse_tasks("all"):
         rows = [json.loads(line) for line in (folder / f"{task}.jsonl").read_text().splitlines()]
         assert len(rows) == 2, task
-        assert set(rows[0]) == {"id", "prompt_tokens", "raw", "pred", "answers", "f1", "em"}
+        assert set(rows[0]) == {"id", "prompt_tokens", "raw", "pred", "answers", *task_metrics(task)}
         assert all(row["prompt_tokens"] <= 4096 for row in rows)
     scores = json.loads((folder / "scores.json").read_text())
     assert scores["longbench_qasper"]["count"] == 2 and "avg" in scores
     table = (output / "results.md").read_text()
-    assert "| Model | HotpotQA | 2Wiki | MuSiQue | LB-HotpotQA" in table and model_name in table
+    assert "| Model | DocMath | Frames | 2Wiki | HotpotQA | MuSiQue | LB-2Wiki" in table and model_name in table
     assert (output / "ruler_qa.png").stat().st_size > 0
 
     def no_generation(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""Evaluation harness: LongBench v1 QA, moderate-context multi-hop QA and RULER-QA, scored the LongBench way.
+"""Evaluation harness: the paper's Table 2 (DocMath, Frames, multi-hop QA, LongBench v1 QA), LongBench v2 and RULER-QA.
 
     python -m depo_trl.evaluation --model runs/qwen2.5-7b-instruct/depo-grpo --tasks all --backend vllm \
         --max-length 32768 --output-dir eval

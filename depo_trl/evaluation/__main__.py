@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tasks",
         required=True,
-        help="Comma-separated: hotpotqa, 2wikimqa, musique, longbench_{hotpotqa,2wikimqa,musique,narrativeqa,qasper}, "
-        "ruler_qa_{4k,8k,16k,32k}, or the groups moderate, extended, ruler, all.",
+        help="Comma-separated: docmath, frames, 2wikimqa, hotpotqa, musique, "
+        "longbench_{2wikimqa,hotpotqa,musique,narrativeqa,qasper}, longbench_v2, ruler_qa_{4k,8k,16k,32k}, or the "
+        "groups moderate, extended, table2 (both: the paper's Table 2), ruler, all.",
     )
     parser.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
     parser.add_argument(
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--limit", type=positive_int, default=None, help="Only the first N examples of each task.")
-    parser.add_argument("--data-dir", default=None, help="LongBench files (hotpotqa.jsonl, ...) and dev sets.")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="Benchmark files: LongBench's (hotpotqa.jsonl, ...), dev sets, docmath/, frames.jsonl, longbench_v2.json.",
+    )
     parser.add_argument(
         "--prompt-style",
         choices=["depo", "longbench"],

@@ -6,10 +6,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..generation import generate_completions
+from .tasks import GREEDY, Decoding
 
 
 class HFBackend:
-    """Greedy decoding with transformers `generate`, batched by prompt length, with a progress bar."""
+    """transformers `generate`, batched by prompt length, with a progress bar: greedy, or plain sampling seeded per
+    call (the same prompts in the same order give the same answers)."""
 
     def __init__(
         self, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8, dtype: str = "auto"
@@ -22,14 +24,30 @@ class HFBackend:
             self.model.to("cuda")
         self.batch_size = batch_size
 
-    def generate(self, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int, desc: str) -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        max_new_tokens: int,
+        desc: str,
+        decoding: Decoding = GREEDY,
+    ) -> list[str]:
+        if decoding.do_sample:
+            torch.manual_seed(decoding.seed)  # every device's generator
         return generate_completions(
-            self.model, self.tokenizer, conversations, max_new_tokens, self.batch_size, do_sample=False, desc=desc
+            self.model,
+            self.tokenizer,
+            conversations,
+            max_new_tokens,
+            self.batch_size,
+            do_sample=decoding.do_sample,
+            temperature=decoding.temperature,
+            desc=desc,
         )
 
 
 class VLLMBackend:
-    """Greedy decoding with vLLM's offline engine; `max_model_len` covers the longest prompt plus the answer."""
+    """vLLM's offline engine, greedy or sampling with a seed per request; `max_model_len` covers the longest prompt
+    plus the answer."""
 
     def __init__(self, model_name_or_path: str, max_model_len: int, tensor_parallel_size: int = 1):
         try:
@@ -46,10 +64,17 @@ class VLLMBackend:
             generation_config="vllm",  # the sampling parameters below, not the model's saved defaults
         )
 
-    def generate(self, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int, desc: str) -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        max_new_tokens: int,
+        desc: str,
+        decoding: Decoding = GREEDY,
+    ) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        seed = decoding.seed if decoding.do_sample else None
+        params = SamplingParams(temperature=decoding.temperature, seed=seed, max_tokens=max_new_tokens)
         outputs = self.llm.chat(list(conversations), params, use_tqdm=True)
         return [output.outputs[0].text for output in outputs]
 
