@@ -7,10 +7,6 @@ from .losses import IW_REDUCTIONS
 from .user_errors import UsageError
 
 
-# Tokens the long pass holds at once when neither distillation_chunk_tokens nor max_long_prompt_length says
-DEFAULT_CHUNK_TOKENS = 32768
-
-
 @dataclass
 class DePOConfig(GRPOConfig):
     r"""
@@ -35,10 +31,10 @@ class DePOConfig(GRPOConfig):
             If set, rows whose rendered long prompt has more tokens are dropped before training, with one warning.
         distillation_chunk_tokens (`int`, *optional*):
             Tokens the long-context pass holds at once. The pass is planned in chunks of at most this many tokens,
-            each recomputed in the backward when there are several, so memory holds one chunk at a time; a prompt whose
-            rollouts do not fit is split over chunks. Defaults to one prompt with all its rollouts,
-            `max_long_prompt_length + num_generations * (max_completion_length + 1)`, or 32768 tokens when
-            `max_long_prompt_length` is not set. Raise it to run more in one forward.
+            each recomputed in the backward when a process holds more, so memory holds one chunk at a time; a prompt
+            whose rollouts do not fit is split over chunks. Defaults to one prompt with all its rollouts:
+            `max_long_prompt_length + num_generations * (max_completion_length + 1)`, or, when
+            `max_long_prompt_length` is not set, the longest such row of each optimizer window.
         share_long_prefix (`bool`, *optional*, defaults to `True`):
             Compute a long prompt once for all its rollouts (one packed row, computed by the model's own SDPA or
             flash-attention). Other attention implementations fall back to one sequence per rollout, with a warning.
@@ -84,9 +80,9 @@ class DePOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Tokens the long-context pass holds at once: it runs in chunks of at most this many tokens, each "
-            "recomputed in the backward when there are several; a prompt whose rollouts do not fit is split. Default: "
-            "one prompt with all its rollouts, max_long_prompt_length + num_generations * (max_completion_length + 1), "
-            "or 32768 when max_long_prompt_length is not set."
+            "recomputed in the backward when a process holds more; a prompt whose rollouts do not fit is split. "
+            "Default: one prompt with all its rollouts, max_long_prompt_length + num_generations * "
+            "(max_completion_length + 1), or the longest such row of each window when max_long_prompt_length is not set."
         },
     )
     share_long_prefix: bool = field(
@@ -124,14 +120,12 @@ class DePOConfig(GRPOConfig):
         if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
             raise UsageError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
         completion_length = self.max_completion_length or 0
-        if self.distillation_chunk_tokens is None:
-            self.distillation_chunk_tokens = (
-                self.max_long_prompt_length + (self.num_generations or 1) * (completion_length + 1)
-                if self.max_long_prompt_length is not None
-                else DEFAULT_CHUNK_TOKENS
+        if self.distillation_chunk_tokens is None and self.max_long_prompt_length is not None:
+            self.distillation_chunk_tokens = self.max_long_prompt_length + (self.num_generations or 1) * (
+                completion_length + 1
             )
         smallest = (self.max_long_prompt_length or 1) + completion_length
-        if self.distillation_chunk_tokens < smallest:
+        if self.distillation_chunk_tokens is not None and self.distillation_chunk_tokens < smallest:
             raise UsageError(
                 f"distillation_chunk_tokens={self.distillation_chunk_tokens} cannot hold one long prompt and one "
                 f"completion ({smallest} tokens with max_long_prompt_length={self.max_long_prompt_length} and "

@@ -15,10 +15,11 @@ batch of queries over `[prefix keys, own keys]` with the causal diagonal aligned
 
 import functools
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PretrainedConfig
+from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import is_flash_attention_requested
 
@@ -31,8 +32,10 @@ def layer_attention_windows(config: PretrainedConfig) -> dict[str, int | None] |
     """The attention window of each layer type of a model (None: full causal attention), keyed like transformers'
     per-layer-type masks; None when a layer type is one the packed pass cannot reproduce (e.g. chunked attention).
 
-    Models without `layer_types` (Mistral, Mixtral, Phi-3, ...) apply `sliding_window`, if set, to every layer.
+    Models without `layer_types` (Mistral, Mixtral, Phi-3, ...) apply `sliding_window`, if set, to every layer; a
+    multimodal model's language model is read from its text config.
     """
+    config = config.get_text_config()
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
     if not layer_types:
@@ -60,65 +63,68 @@ def plan_long_pass(
     token_budget: int | None,
     share_prefix: bool,
 ) -> list[list[list[int]]]:
-    """Split rollouts into chunks of rows: `chunks[c][r]` lists the rollouts of row `r` of chunk `c`.
+    """Split rollouts into forwards: `chunks[c][r]` lists the rollouts of row `r` of forward `c`.
 
-    With sharing, a row is one prompt with some of its rollouts (a prompt whose rollouts do not fit in one row is
-    split over several) and costs [`shared_row_tokens`]; without, a row is one rollout, and a chunk's rows are padded
-    to its widest prompt plus the completion width. Chunks hold at most `token_budget` tokens (None: one chunk); a row
-    that alone exceeds the budget gets a chunk of its own.
+    With sharing, a forward is one packed row: one prompt with its rollouts, or, for a prompt whose rollouts do not
+    fit in `token_budget` tokens ([`shared_row_tokens`]), with as many of them as fit (the others go to further rows,
+    each with its own copy of the prompt). Without, a row is one rollout, and a forward batches rows while their
+    count times the widest prompt plus the longest completion fits. `token_budget` None: no limit. A row that alone
+    exceeds the budget gets a forward of its own.
     """
     budget = token_budget or float("inf")
-    if share_prefix:
-        groups: dict[Hashable, list[int]] = {}
-        for rollout, key in enumerate(prompt_keys):
-            groups.setdefault(key, []).append(rollout)
-        rows = []
-        for group in groups.values():
-            row: list[int] = []
-            for rollout in group:
-                candidate = row + [rollout]
-                if (
-                    row
-                    and shared_row_tokens(prompt_lengths[rollout], [completion_lengths[r] for r in candidate]) > budget
-                ):
-                    rows.append(row)
-                    candidate = [rollout]
-                row = candidate
-            rows.append(row)
-
-        def cost(chunk_rows: list[list[int]]) -> float:
-            return sum(shared_row_tokens(prompt_lengths[r[0]], [completion_lengths[i] for i in r]) for r in chunk_rows)
-
-    else:
-        rows = [[rollout] for rollout in range(len(prompt_keys))]
+    if not share_prefix:
         width = max(completion_lengths, default=0)
+        chunks: list[list[list[int]]] = []
+        for rollout in range(len(prompt_keys)):
+            batch = (chunks[-1] if chunks else []) + [[rollout]]
+            if chunks and len(batch) * (max(prompt_lengths[r[0]] for r in batch) + width) <= budget:
+                chunks[-1] = batch
+            else:
+                chunks.append([[rollout]])
+        return chunks
+    groups: dict[Hashable, list[int]] = {}
+    for rollout, key in enumerate(prompt_keys):
+        groups.setdefault(key, []).append(rollout)
+    rows: list[list[int]] = []
+    for group in groups.values():
+        row: list[int] = []
+        for rollout in group:
+            candidate = row + [rollout]
+            if row and shared_row_tokens(prompt_lengths[rollout], [completion_lengths[r] for r in candidate]) > budget:
+                rows.append(row)
+                candidate = [rollout]
+            row = candidate
+        rows.append(row)
+    return [[row] for row in rows]
 
-        def cost(chunk_rows: list[list[int]]) -> float:
-            return len(chunk_rows) * (max(prompt_lengths[r[0]] for r in chunk_rows) + width)
 
-    chunks: list[list[list[int]]] = []
-    for row in rows:
-        if chunks and cost(chunks[-1] + [row]) <= budget:
-            chunks[-1].append(row)
-        else:
-            chunks.append([row])
-    return chunks
+def chunk_tokens(
+    chunk: list[list[int]], prompt_lengths: Sequence[int], completion_lengths: Sequence[int], share_prefix: bool
+) -> int:
+    """Tokens one forward of [`plan_long_pass`] holds: its packed row, or its padded batch of naive rows."""
+    if share_prefix:
+        return sum(shared_row_tokens(prompt_lengths[row[0]], [completion_lengths[r] for r in row]) for row in chunk)
+    return len(chunk) * (max(prompt_lengths[row[0]] for row in chunk) + max(completion_lengths, default=0))
 
 
 @dataclass
 class SharedPrefixLayout:
     """Where the segments of a packed row are: `segment_index[j, i]` is the row position of token `i` of segment `j`
-    (padded segments repeat their last position, and `segment_valid` marks the real tokens)."""
+    (padded segments repeat their last position); `valid_index` lists the real tokens of the flattened
+    `(segments x longest)` grid in row order. Masks built for the row are kept, so each shape is built once per row
+    rather than once per layer."""
 
     prefix_length: int
     segment_index: torch.Tensor  # (segments, longest segment), long
-    segment_valid: torch.Tensor  # (segments, longest segment), bool
+    valid_index: torch.Tensor  # (row length - prefix length,), long
+    masks: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
 class SharedPrefixRow:
-    """Model inputs of one packed row, and where each scored token's log-prob lands: the `k`-th scored token is
-    completion token `token[k]` of rollout `rollout[k]`, predicted at row position `position[k] - 1`."""
+    """Model inputs of one packed row (on the device it was packed for), and where each scored token's log-prob
+    lands: the `k`-th scored token is completion token `token[k]` of rollout `rollout[k]` (both on the CPU), predicted
+    at row position `position[k] - 1`."""
 
     input_ids: torch.Tensor  # (1, L)
     position_ids: torch.Tensor  # (1, L)
@@ -130,41 +136,40 @@ class SharedPrefixRow:
 
 
 def pack_shared_row(
-    prompt_ids: torch.Tensor, completions: Sequence[tuple[int, torch.Tensor]], device: torch.device | str = "cpu"
+    prompt_ids: torch.Tensor, completions: Sequence[tuple[int, torch.Tensor]], device: torch.device | str | None = None
 ) -> SharedPrefixRow:
-    """Pack one prompt (unpadded 1D ids) and `(rollout, completion_ids)` pairs (unpadded) into a shared row."""
-    prefix = prompt_ids[:-1]
-    prefix_length = len(prefix)
-    pieces, positions, labels = [prefix], [torch.arange(prefix_length)], [torch.full((prefix_length,), -100)]
-    starts, lengths, scored = [], [], []
+    """Pack one prompt (unpadded 1D ids) and `(rollout, completion_ids)` pairs (unpadded) into a shared row, built
+    on `device` (default: the prompt's)."""
+    device = prompt_ids.device if device is None else torch.device(device)
+    prompt_ids = prompt_ids.to(device)
+    prefix_length = len(prompt_ids) - 1
+    pieces, labels = [prompt_ids[:-1]], [prompt_ids.new_full((prefix_length,), -100)]
+    starts, lengths, rollouts, tokens, positions = [], [], [], [], []
     start = prefix_length
     for rollout, completion in completions:
-        segment = torch.cat([prompt_ids[-1:], completion])
-        pieces.append(segment)
-        positions.append(torch.arange(prefix_length, prefix_length + len(segment)))
-        labels.append(torch.cat([torch.tensor([-100]), completion]))
-        scored += [(rollout, token, start + 1 + token) for token in range(len(completion))]
+        completion = completion.to(device)
+        pieces.append(torch.cat([prompt_ids[-1:], completion]))
+        labels.append(torch.cat([completion.new_full((1,), -100), completion]))
+        rollouts += [rollout] * len(completion)
+        tokens += range(len(completion))
+        positions += range(start + 1, start + 1 + len(completion))
         starts.append(start)
-        lengths.append(len(segment))
-        start += len(segment)
+        lengths.append(1 + len(completion))
+        start += 1 + len(completion)
     longest = max(lengths)
     offsets = torch.arange(longest)
-    lengths_tensor = torch.tensor(lengths)
-    segment_valid = offsets < lengths_tensor.unsqueeze(-1)
-    segment_index = torch.tensor(starts).unsqueeze(-1) + torch.minimum(offsets, lengths_tensor.unsqueeze(-1) - 1)
-    rollout, token, position = (
-        torch.tensor(column, dtype=torch.long, device=device) for column in zip(*scored or [(0, 0, 0)])
-    )
-    if not scored:  # only empty completions: nothing is scored
-        rollout, token, position = rollout[:0], token[:0], position[:0]
+    lengths_tensor = torch.tensor(lengths).unsqueeze(-1)
+    segment_index = torch.tensor(starts).unsqueeze(-1) + torch.minimum(offsets, lengths_tensor - 1)
+    valid_index = (offsets < lengths_tensor).flatten().nonzero().squeeze(-1)
+    row_positions = [torch.arange(prefix_length)] + [torch.arange(prefix_length, prefix_length + n) for n in lengths]
     return SharedPrefixRow(
-        input_ids=torch.cat(pieces).unsqueeze(0).to(device),
-        position_ids=torch.cat(positions).unsqueeze(0).to(device),
-        labels=torch.cat(labels).long().unsqueeze(0).to(device),
-        layout=SharedPrefixLayout(prefix_length, segment_index.to(device), segment_valid.to(device)),
-        rollout=rollout,
-        token=token,
-        position=position,
+        input_ids=torch.cat(pieces).unsqueeze(0),
+        position_ids=torch.cat(row_positions).unsqueeze(0).to(device),
+        labels=torch.cat(labels).long().unsqueeze(0),
+        layout=SharedPrefixLayout(prefix_length, segment_index.to(device), valid_index.to(device)),
+        rollout=torch.tensor(rollouts, dtype=torch.long),
+        token=torch.tensor(tokens, dtype=torch.long),
+        position=torch.tensor(positions, dtype=torch.long, device=device),
     )
 
 
@@ -195,7 +200,10 @@ def _attend_shared_prefix(
         # `is_causal` only serves a square without window
         if flash or (queries == keys and window is None):
             return None
-        return causal_band_mask(queries, keys, offset, window, query.device)
+        shape = (queries, keys, offset, window)
+        if shape not in layout.masks:
+            layout.masks[shape] = causal_band_mask(queries, keys, offset, window, query.device)
+        return layout.masks[shape]
 
     prefix = slice(0, prefix_length)
     if prefix_length:
@@ -228,7 +236,8 @@ def _attend_shared_prefix(
         **kwargs,
     )
     # Segments follow the prefix in row order, so their valid tokens, row-major, are positions prefix_length .. L - 1
-    return torch.cat([prefix_output, segment_output[layout.segment_valid].unsqueeze(0)], dim=1), None
+    segment_output = segment_output.flatten(0, 1).index_select(0, layout.valid_index)
+    return torch.cat([prefix_output, segment_output.unsqueeze(0)], dim=1), None
 
 
 def shared_prefix_attention(original: Callable, flash: bool) -> Callable:
@@ -258,6 +267,8 @@ def install_shared_prefix_attention(implementation: str | None) -> bool:
         return False
     flash = is_flash_attention_requested(requested_attention_implementation=implementation)
     if implementation != "sdpa" and not flash:
+        return False
+    if flash and flash_attn_supports_top_left_mask():  # the segments need the causal diagonal bottom-right
         return False
     current = ALL_ATTENTION_FUNCTIONS[implementation]
     if not getattr(current, "computes_shared_prefix", False):

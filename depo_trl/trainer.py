@@ -29,6 +29,7 @@ from trl.trainer.utils import get_config_model_id, pad
 from .config import DePOConfig
 from .long_context import (
     SHARED_PREFIX_KWARG,
+    chunk_tokens,
     install_shared_prefix_attention,
     layer_attention_windows,
     pack_shared_row,
@@ -80,6 +81,7 @@ class LongContextBatch:
     old_logps: torch.Tensor | None  # IW: behaviour log-probs under the short prompt (pi_old)
     iw_correction: torch.Tensor | None  # TRL's vLLM importance-sampling ratio x off-policy mask, when either is on
     tokens_in_batch: torch.Tensor  # distilled tokens over all processes (KD / DAPO normaliser)
+    completion_lengths: list[int]  # tokens of each completion (masks are prefix-contiguous: the tokens up to EOS)
     long_logps: torch.Tensor  # (B, T) float32, detached: filled chunk by chunk
     token_weights: torch.Tensor  # (B, T) float32: filled window by window
 
@@ -391,6 +393,7 @@ class DePOTrainer(GRPOTrainer):
             old_logps=old_logps,
             iw_correction=iw_correction,
             tokens_in_batch=total_tokens,
+            completion_lengths=output["completion_mask"].sum(-1).tolist(),
             long_logps=torch.zeros_like(loss_mask, dtype=torch.float32),
             token_weights=torch.zeros_like(loss_mask, dtype=torch.float32),
         )
@@ -500,15 +503,22 @@ class DePOTrainer(GRPOTrainer):
             rows = rows[(state.token_weights[rows] > 0).any(-1)]
         share = self._long_prefix_sharing_enabled()
         rollouts = rows.tolist()
-        chunks = plan_long_pass(
-            [tuple(state.long_prompt_ids[rollout].tolist()) for rollout in rollouts],
-            [len(state.long_prompt_ids[rollout]) for rollout in rollouts],
-            state.completion_mask[rows].sum(-1).tolist(),
-            self.args.distillation_chunk_tokens,
-            share,
-        )
-        # ZeRO-3 / FSDP: every process must run as many forwards; extra chunks are one row with zero weight
-        num_chunks = int(self.accelerator.gather(torch.tensor([len(chunks)], device=rows.device)).max())
+        prompt_lengths = [len(state.long_prompt_ids[rollout]) for rollout in rollouts]
+        completion_lengths = [state.completion_lengths[rollout] for rollout in rollouts]
+        prompt_keys = [tuple(state.long_prompt_ids[rollout].tolist()) for rollout in rollouts]
+        # Without a set budget: one prompt with all its rollouts (the longest such row of this window)
+        budget = self.args.distillation_chunk_tokens or max(
+            (chunk_tokens(chunk, prompt_lengths, completion_lengths, share)
+             for chunk in plan_long_pass(prompt_keys, prompt_lengths, completion_lengths, None, share)),
+            default=1,
+        )  # fmt: skip
+        chunks = plan_long_pass(prompt_keys, prompt_lengths, completion_lengths, budget, share)
+        tokens = sum(chunk_tokens(chunk, prompt_lengths, completion_lengths, share) for chunk in chunks)
+        # ZeRO-3 / FSDP: every process must run as many forwards (a chunk is one forward; extra chunks are one row
+        # with zero weight), and recompute them alike: whenever one process holds more than its budget
+        agreed = self.accelerator.gather(torch.tensor([[len(chunks), int(tokens > budget)]], device=rows.device))
+        num_chunks, over_budget = (int(value) for value in agreed.max(dim=0).values)
+        recompute = bool(over_budget) and torch.is_grad_enabled()
         chunk_losses = []
         for index in range(num_chunks):
             if index < len(chunks):
@@ -516,8 +526,6 @@ class DePOTrainer(GRPOTrainer):
                 weight_scale = 1.0
             else:
                 chunk_rows, weight_scale = [[0]], 0.0
-            # Several chunks: each is recomputed in the backward, so memory holds one chunk's activations at a time
-            recompute = num_chunks > 1 and torch.is_grad_enabled()
             chunk_losses.append(self._chunk_loss(model, state, chunk_rows, share, weight_scale, recompute))
         if self.args.distillation == "iw":
             self._log_clip_ratio(state, rows)
@@ -532,7 +540,9 @@ class DePOTrainer(GRPOTrainer):
         if not install_shared_prefix_attention(implementation):
             reason = f"SDPA or flash-attention, not {implementation!r}"
         elif layer_attention_windows(config) is None:
-            reason = f"full or sliding-window attention layers, not {sorted(set(config.layer_types))}"
+            reason = (
+                f"full or sliding-window attention layers, not {sorted(set(config.get_text_config().layer_types))}"
+            )
         else:
             return True
         if not self._warned_no_sharing:
@@ -571,10 +581,9 @@ class DePOTrainer(GRPOTrainer):
         """Completion-token log-probs `(rollouts, T)` under the long prompts, in `chunk_rows` order."""
         completion_ids, completion_mask = state.completion_ids, state.completion_mask
         rollouts = [rollout for row in chunk_rows for rollout in row]
-        device = self.accelerator.device
         if not share:
             # Completions are padded to the generation batch's longest; this chunk's longest is enough
-            width = max(int(completion_mask[rollouts].sum(-1).max()), 1)
+            width = max(max(state.completion_lengths[rollout] for rollout in rollouts), 1)
             prompts = [state.long_prompt_ids[rollout] for rollout in rollouts]
             prompt_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
             prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
@@ -585,23 +594,25 @@ class DePOTrainer(GRPOTrainer):
         order = {rollout: position for position, rollout in enumerate(rollouts)}
         targets, tokens, values = [], [], []
         for row in chunk_rows:
-            completions = [(rollout, completion_ids[rollout][completion_mask[rollout].bool()]) for rollout in row]
-            packed = pack_shared_row(state.long_prompt_ids[row[0]], completions, device)
+            completions = [(rollout, completion_ids[rollout, : state.completion_lengths[rollout]]) for rollout in row]
+            packed = pack_shared_row(state.long_prompt_ids[row[0]], completions)
             with self.accelerator.autocast():
                 log_probs = model(
                     input_ids=packed.input_ids,
-                    # All ones: no padding, so the model builds no packing or L x L mask of its own
-                    attention_mask=torch.ones_like(packed.input_ids),
+                    # A prepared 4D mask, returned as is by the model's mask builders: the attention computes the
+                    # row from its layout, so no L x L mask (or packed-sequence detection) is made for it
+                    attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
                     position_ids=packed.position_ids,
                     labels=packed.labels,
                     fused_lm_head=True,
                     **{SHARED_PREFIX_KWARG: packed.layout},
                 ).log_probs
-            targets.append(torch.tensor([order[int(r)] for r in packed.rollout], dtype=torch.long, device=device))
+            targets.append(packed.rollout.apply_(order.__getitem__))
             tokens.append(packed.token)
             values.append(log_probs[0, packed.position - 1])
         logps = values[0].new_zeros((len(rollouts), completion_ids.size(1)))
-        return logps.index_put((torch.cat(targets), torch.cat(tokens)), torch.cat(values))
+        device = logps.device
+        return logps.index_put((torch.cat(targets).to(device), torch.cat(tokens).to(device)), torch.cat(values))
 
     def _weighted_terms(
         self, state: LongContextBatch, rollouts: torch.Tensor, long_logps: torch.Tensor, weight_scale: float

@@ -1,7 +1,6 @@
 import pytest
 
 from depo_trl import ARMS, DePOConfig
-from depo_trl.config import DEFAULT_CHUNK_TOKENS
 
 
 def config(**kwargs):
@@ -46,5 +45,5 @@ def test_the_long_pass_holds_one_prompt_with_its_rollouts_by_default():
         config(max_long_prompt_length=15360, num_generations=8, max_completion_length=1000).distillation_chunk_tokens
         == 15360 + 8 * 1001
     )
-    assert config().distillation_chunk_tokens == DEFAULT_CHUNK_TOKENS
+    assert config().distillation_chunk_tokens is None  # then: the longest prompt group of each window
     assert config(distillation_chunk_tokens=4096).distillation_chunk_tokens == 4096

@@ -11,12 +11,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from depo_trl.long_context import (
     SHARED_PREFIX_KWARG,
     causal_band_mask,
+    chunk_tokens,
     pack_shared_row,
     plan_long_pass,
     shared_prefix_attention,
     shared_row_tokens,
 )
 from depo_trl.losses import distillation_mask
+from depo_trl.model_utils import build_tiny_qwen2, load_tokenizer
 
 from .conftest import make_rows
 from .test_trainer import accumulated_gradients, generation_batch, make_trainer
@@ -30,9 +32,10 @@ COMPLETION_LENGTHS = [3, 4, 2, 5, 1, 6]
 def test_plan_by_hand():
     plan = functools.partial(plan_long_pass, KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS)
     assert plan(None, share_prefix=False) == [[[0], [1], [2], [3], [4], [5]]]
-    assert plan(None, share_prefix=True) == [[[0, 2, 3], [1, 5], [4]]]
+    # Shared: a forward is one packed row, one prompt with its rollouts
+    assert plan(None, share_prefix=True) == [[[0, 2, 3]], [[1, 5]], [[4]]]
     # Shared, 18 tokens: prompt a takes rollouts 0 and 2 (10 + 3 + 2 + 1 = 16), then 3 alone (15); each of b's
-    # rollouts alone is over the budget (24, 26) and gets its own chunk; c's (6) does not fit beside b's
+    # rollouts alone is over the budget (24, 26) and gets its own row
     assert plan(18, share_prefix=True) == [[[0, 2]], [[3]], [[1]], [[5]], [[4]]]
     # Naive, 40 tokens: rows are padded to the widest prompt plus the longest completion (6)
     assert plan(40, share_prefix=False) == [[[0]], [[1]], [[2], [3]], [[4]], [[5]]]
@@ -51,14 +54,15 @@ def test_plan_respects_the_token_budget_and_keeps_every_rollout_once(share_prefi
     assert sorted(r for chunk in chunks for row in chunk for r in row) == list(range(len(keys)))
     width = max(completions)
     for chunk in chunks:
-        if share_prefix:
-            assert all(len({keys[r] for r in row}) == 1 for row in chunk)
-            cost = sum(shared_row_tokens(prompts[row[0]], [completions[r] for r in row]) for row in chunk)
+        if share_prefix:  # one forward, one packed row of one prompt
+            assert len(chunk) == 1 and len({keys[r] for r in chunk[0]}) == 1
+            cost = shared_row_tokens(prompts[chunk[0][0]], [completions[r] for r in chunk[0]])
             alone = shared_row_tokens(prompts[chunk[0][0]], [completions[chunk[0][0]]])
         else:
             assert all(len(row) == 1 for row in chunk)
             cost = len(chunk) * (max(prompts[row[0]] for row in chunk) + width)
             alone = prompts[chunk[0][0]] + width
+        assert cost == chunk_tokens(chunk, prompts, completions, share_prefix)
         assert cost <= budget or (len(chunk) == 1 and len(chunk[0]) == 1 and alone > budget)
 
 
@@ -70,12 +74,23 @@ def test_shared_row_by_hand():
     assert row.labels.tolist() == [[-100, -100, -100, 1, 2, -100, 5]]
     assert row.layout.prefix_length == 2
     assert row.layout.segment_index.tolist() == [[2, 3, 4], [5, 6, 6]]
-    assert row.layout.segment_valid.tolist() == [[True, True, True], [True, True, False]]
+    assert row.layout.valid_index.tolist() == [0, 1, 2, 3, 4]  # of the flattened (2 x 3) grid: not the padding
     assert list(zip(row.rollout.tolist(), row.token.tolist(), row.position.tolist())) == [
         (0, 0, 3),
         (0, 1, 4),
         (3, 0, 6),
     ]
+
+
+def test_shared_row_is_built_on_the_device_of_its_inputs():
+    """Completions live on the accelerator in training: the row is packed there, with no host tensor mixed in
+    (the meta device stands in for a GPU)."""
+    prompt = torch.arange(100, 109, device="meta")
+    row = pack_shared_row(prompt, [(0, torch.arange(4, device="meta")), (1, torch.arange(2, device="meta"))])
+    for tensor in (row.input_ids, row.position_ids, row.labels, row.position, row.layout.segment_index):
+        assert tensor.device.type == "meta"
+    assert row.input_ids.shape == (1, 8 + 5 + 3)
+    assert row.rollout.device.type == "cpu" and row.token.device.type == "cpu"  # bookkeeping stays on the host
 
 
 def reference_attention(query, key, value, allowed):
@@ -88,8 +103,8 @@ def packed_row_mask(row, window):
     """The naive pass's visibility, written per token pair: same segment (or the prefix) and causal in positions."""
     length = row.input_ids.shape[1]
     segment = torch.zeros(length, dtype=torch.long)
-    for number, (index, valid) in enumerate(zip(row.layout.segment_index, row.layout.segment_valid), start=1):
-        segment[index[valid]] = number
+    for number, index in enumerate(row.layout.segment_index, start=1):
+        segment[index] = number  # a padded segment repeats its last position, which is its own
     positions = row.position_ids[0]
     allowed = torch.zeros(length, length, dtype=torch.bool)
     for q in range(length):
@@ -222,3 +237,44 @@ def test_the_default_long_pass_builds_no_mask_as_long_as_the_row(tiny_model_dir,
     assert segment_calls and all(mask == (queries, keys) and queries < keys for queries, keys, mask in segment_calls)
     longest_row = max(len(ids) for ids in batch["long_context"][0].long_prompt_ids)
     assert all(queries < longest_row // 4 for queries, _, _ in segment_calls)
+
+
+def test_sliding_window_layers_on_sdpa_share_one_band_mask_per_row(tiny_model_dir, tmp_path, monkeypatch):
+    """SDPA applies a window only through a mask: the prefix's band mask is built once per packed row and shared by
+    every sliding layer, and the model builds no mask of its own for the row."""
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = build_tiny_qwen2(tokenizer, hidden_size=32, num_hidden_layers=3)
+    config = model.config
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 4, 0
+    config.layer_types = ["sliding_attention"] * 3
+    model = type(model)(config)
+    model.config._attn_implementation = "sdpa"
+    dataset = uneven_dataset()
+    trainer = make_trainer(
+        tiny_model_dir, dataset, tmp_path, model=model, distillation="iw", per_device_train_batch_size=8
+    )
+    batch = generation_batch(trainer, dataset, num_prompts=2)
+    square_masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(query, key, value, attn_mask=None, **kwargs):
+        if attn_mask is not None and attn_mask.shape[-2] == attn_mask.shape[-1] and attn_mask.shape[-1] > 1:
+            square_masks.append((query.shape[-2], attn_mask))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    window_long_pass = trainer._window_long_pass
+
+    def recording_long_pass(*args, **kwargs):
+        square_masks.clear()
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+        try:
+            return window_long_pass(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+
+    trainer._window_long_pass = recording_long_pass
+    accumulated_gradients(trainer, [batch])
+    prefix_lengths = {len(ids) - 1 for ids in batch["long_context"][0].long_prompt_ids}
+    assert {queries for queries, _ in square_masks} == prefix_lengths  # only the prefixes', none as long as a row
+    assert len(square_masks) == 3 * len(prefix_lengths)  # three sliding layers, one row per prompt
+    assert len({id(mask) for _, mask in square_masks}) == len(prefix_lengths)  # built once per row
