@@ -108,25 +108,22 @@ def long_pass(model, point: Point, completion_tokens: int, chunk_tokens: int, de
         chunk_tokens, share_prefix=True,
     )  # fmt: skip
 
-    def chunk_loss(rows, *_):
-        total = 0.0
-        for row in rows:
-            packed = pack_shared_row(prompt, [(rollout, completions[rollout]) for rollout in row], device)
-            log_probs = model(
-                input_ids=packed.input_ids,
-                attention_mask=torch.ones_like(packed.input_ids),
-                position_ids=packed.position_ids,
-                labels=packed.labels,
-                fused_lm_head=True,
-                **{SHARED_PREFIX_KWARG: packed.layout},
-            ).log_probs
-            total = total + log_probs.float().sum()
-        return total
+    def chunk_loss(groups, *_):
+        packed = pack_shared_row([(prompt, [(r, completions[r]) for r in group]) for group in groups], device)
+        log_probs = model(
+            input_ids=packed.input_ids,
+            attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
+            position_ids=packed.position_ids,
+            labels=packed.labels,
+            fused_lm_head=True,
+            **{SHARED_PREFIX_KWARG: packed.layout},
+        ).log_probs
+        return log_probs.float().sum()
 
     dummy = torch.ones((), device=device, requires_grad=True)
     losses = [
-        checkpoint(chunk_loss, rows, dummy, use_reentrant=False) if len(chunks) > 1 else chunk_loss(rows)
-        for rows in chunks
+        checkpoint(chunk_loss, groups, dummy, use_reentrant=False) if len(chunks) > 1 else chunk_loss(groups)
+        for groups in chunks
     ]
     torch.stack(losses).sum().backward()
 
@@ -157,6 +154,9 @@ def measure_point(point: Point, shape: ModelShape, completion_tokens: int, chunk
 
 
 def run_point(point: Point, shape: ModelShape, completion_tokens: int, chunk_tokens: int, device: str) -> dict:
+    # glibc returns large freed blocks to the system at once, so the resident set follows what is allocated
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(
@@ -179,10 +179,12 @@ def slope(xs: list[float], ys: list[float]) -> float:
 def predict_7b(results: list[dict], shape: ModelShape, completion_tokens: int, dtype_bytes: int) -> dict:
     """Qwen2.5-7B's long pass at 15K + 8 x 1K tokens per prompt, scaled from the measured shared pass.
 
-    Memory: the measured shared pass's bytes per packed-row token (the slope over the context sweep at 8 rollouts),
-    per hidden unit and layer, times Qwen2.5-7B's hidden size, layers and bf16. Time: FLOPs (6 x parameters x tokens
-    for forward and backward, plus the recomputation of gradient checkpointing, plus causal attention) at an
-    assumed 40% of an A100's 312 bf16 TFLOP/s.
+    Memory per token of a packed row has two parts. With gradient checkpointing, each layer's input is kept for the
+    backward: `layers x hidden x bytes`, exact from the shapes. The rest is the working set of the one layer being
+    recomputed (its projections, attention, MLP, and their gradients): the measured slope (bytes per row token over
+    the context sweep at 8 rollouts) minus the first part, scaled from this model's width (hidden + MLP) and dtype to
+    Qwen2.5-7B's in bf16. Time: FLOPs (forward, recomputation, backward: 8 x parameters x tokens, plus causal
+    attention) at an assumed 40% of an A100's 312 bf16 TFLOP/s.
     """
     shared = sorted(
         (r for r in results if r["method"] == "shared" and r["rollouts"] == 8), key=lambda r: r["prompt_tokens"]
@@ -190,10 +192,13 @@ def predict_7b(results: list[dict], shape: ModelShape, completion_tokens: int, d
     row_tokens = [r["prompt_tokens"] + 8 * (completion_tokens + 1) for r in shared]
     memory = [r["peak_mib"] * 2**20 for r in shared]
     bytes_per_token = (memory[-1] - memory[0]) / (row_tokens[-1] - row_tokens[0])
-    per_unit = bytes_per_token / (shape.hidden * shape.layers * dtype_bytes)
+    kept = shape.layers * shape.hidden * dtype_bytes
+    working = max(bytes_per_token - kept, 0.0)
+    width_scale = (QWEN_7B.hidden + QWEN_7B.intermediate) / (shape.hidden + shape.intermediate) * 2 / dtype_bytes
     prompt, rollouts, completion = 15360, 8, 1000
     row = prompt + rollouts * (completion + 1)
-    activations_gib = per_unit * QWEN_7B.hidden * QWEN_7B.layers * 2 * row / 2**30
+    kept_gib = row * QWEN_7B.layers * QWEN_7B.hidden * 2 / 2**30
+    working_gib = row * working * width_scale / 2**30
     states_gib = QWEN_7B_PARAMETERS * (2 + 4 + 4 + 4) / 8 / 2**30  # bf16 weights, fp32 master + Adam, ZeRO-3 over 8
     vllm_gib = 0.3 * 80  # the recipes' vllm_gpu_memory_utilization, colocated
     head_dim = QWEN_7B.hidden // QWEN_7B.heads
@@ -206,11 +211,13 @@ def predict_7b(results: list[dict], shape: ModelShape, completion_tokens: int, d
     throughput = 0.4 * 312e12
     return {
         "row_tokens": row,
-        "activation_bytes_per_token_per_hidden_unit_and_layer": per_unit,
-        "long_pass_activations_gib": activations_gib,
+        "measured_bytes_per_row_token": bytes_per_token,
+        "checkpointed_layer_inputs_gib": kept_gib,
+        "recomputed_layer_working_set_gib": working_gib,
+        "long_pass_activations_gib": kept_gib + working_gib,
         "zero3_states_gib_per_gpu": states_gib,
         "vllm_colocated_gib": vllm_gib,
-        "total_gib": activations_gib + states_gib + vllm_gib,
+        "total_gib": kept_gib + working_gib + states_gib + vllm_gib,
         "shared_seconds_per_prompt": flops / throughput,
         "naive_seconds_per_prompt": naive_flops / throughput,
     }
@@ -320,9 +327,12 @@ def main(argv: list[str] | None = None) -> None:
         prediction = predict_7b(results, shape, completion, 2 if args.device == "cuda" else 4)
         report["qwen2.5_7b_prediction"] = prediction
         text += (
-            f"\nQwen2.5-7B, 15K-token prompt + 8 x 1K completions per prompt (recipe: distillation_chunk_tokens "
-            f"{prediction['row_tokens']}, gradient checkpointing, ZeRO-3 over 8 GPUs, vLLM colocated at 0.3): long-pass "
-            f"activations {prediction['long_pass_activations_gib']:.1f} GiB + model/optimizer states "
+            f"\nQwen2.5-7B, 15K-token prompt + 8 x 1K completions per prompt (one packed row of "
+            f"{prediction['row_tokens']} tokens, within the recipes' distillation_chunk_tokens 24576; gradient "
+            f"checkpointing, ZeRO-3 over 8 GPUs, vLLM colocated at 0.3): long-pass activations "
+            f"{prediction['long_pass_activations_gib']:.1f} GiB (checkpointed layer inputs "
+            f"{prediction['checkpointed_layer_inputs_gib']:.1f} + one recomputed layer "
+            f"{prediction['recomputed_layer_working_set_gib']:.1f}) + model/optimizer states "
             f"{prediction['zero3_states_gib_per_gpu']:.1f} GiB + vLLM {prediction['vllm_colocated_gib']:.0f} GiB = "
             f"{prediction['total_gib']:.1f} GiB of 80; about {prediction['shared_seconds_per_prompt']:.1f} s per "
             f"prompt (naive: {prediction['naive_seconds_per_prompt']:.1f} s) at 40% of an A100's bf16 peak.\n"

@@ -6,9 +6,10 @@ Rollouts of one prompt share its long context. Packed, one long prompt serves se
 log-probabilities are those of the naive `[prompt, c_j]` sequence (the repeated last prompt token makes each segment's
 first completion token predicted from the prompt, as in the naive pass).
 
-The model runs the packed row with its own attention implementation (flash-attention or SDPA), which the
-[`shared_prefix_attention`] wrapper calls twice per layer: causal attention over the prefix, then the segments as a
-batch of queries over `[prefix keys, own keys]` with the causal diagonal aligned bottom-right. Nothing of size
+Several prompts, each with its segments, can share one packed row (a forward of the pass). The model runs it with its
+own attention implementation (flash-attention or SDPA), which the [`shared_prefix_attention`] wrapper calls twice per
+layer and prompt: causal attention over the prefix, then the segments as a batch of queries over
+`[prefix keys, own keys]` with the causal diagonal aligned bottom-right. Nothing of size
 `L x L` is built: flash-attention takes both calls as they are, SDPA the first as `is_causal` and the second with a
 `(segment, prefix + segment)` mask. Sliding-window layers get the window the model passes for them, in positions.
 """
@@ -63,60 +64,72 @@ def plan_long_pass(
     token_budget: int | None,
     share_prefix: bool,
 ) -> list[list[list[int]]]:
-    """Split rollouts into forwards: `chunks[c][r]` lists the rollouts of row `r` of forward `c`.
+    """Split rollouts into forwards: `chunks[c][g]` lists the rollouts of group `g` of forward `c`.
 
-    With sharing, a forward is one packed row: one prompt with its rollouts, or, for a prompt whose rollouts do not
-    fit in `token_budget` tokens ([`shared_row_tokens`]), with as many of them as fit (the others go to further rows,
-    each with its own copy of the prompt). Without, a row is one rollout, and a forward batches rows while their
-    count times the widest prompt plus the longest completion fits. `token_budget` None: no limit. A row that alone
-    exceeds the budget gets a forward of its own.
+    With sharing, a group is one prompt with its rollouts (a prompt whose rollouts do not fit in `token_budget`
+    tokens, [`shared_row_tokens`], is split over several groups, each with its own copy of the prompt), and a
+    forward is one packed row of groups whose tokens add up to at most the budget. Without, a group is one rollout,
+    and a forward batches them while their count times the widest prompt plus the longest completion fits.
+    `token_budget` None: no limit. A group that alone exceeds the budget gets a forward of its own.
     """
     budget = token_budget or float("inf")
-    if not share_prefix:
-        width = max(completion_lengths, default=0)
-        chunks: list[list[list[int]]] = []
-        for rollout in range(len(prompt_keys)):
-            batch = (chunks[-1] if chunks else []) + [[rollout]]
-            if chunks and len(batch) * (max(prompt_lengths[r[0]] for r in batch) + width) <= budget:
-                chunks[-1] = batch
-            else:
-                chunks.append([[rollout]])
-        return chunks
-    groups: dict[Hashable, list[int]] = {}
-    for rollout, key in enumerate(prompt_keys):
-        groups.setdefault(key, []).append(rollout)
-    rows: list[list[int]] = []
-    for group in groups.values():
-        row: list[int] = []
-        for rollout in group:
-            candidate = row + [rollout]
-            if row and shared_row_tokens(prompt_lengths[rollout], [completion_lengths[r] for r in candidate]) > budget:
-                rows.append(row)
-                candidate = [rollout]
-            row = candidate
-        rows.append(row)
-    return [[row] for row in rows]
+    if share_prefix:
+        prompts: dict[Hashable, list[int]] = {}
+        for rollout, key in enumerate(prompt_keys):
+            prompts.setdefault(key, []).append(rollout)
+        groups = []
+        for rollouts in prompts.values():
+            group: list[int] = []
+            for rollout in rollouts:
+                candidate = group + [rollout]
+                lengths = [completion_lengths[r] for r in candidate]
+                if group and shared_row_tokens(prompt_lengths[rollout], lengths) > budget:
+                    groups.append(group)
+                    candidate = [rollout]
+                group = candidate
+            groups.append(group)
+    else:
+        groups = [[rollout] for rollout in range(len(prompt_keys))]
+    chunks: list[list[list[int]]] = []
+    for group in groups:
+        if chunks and chunk_tokens(chunks[-1] + [group], prompt_lengths, completion_lengths, share_prefix) <= budget:
+            chunks[-1].append(group)
+        else:
+            chunks.append([group])
+    return chunks
 
 
 def chunk_tokens(
     chunk: list[list[int]], prompt_lengths: Sequence[int], completion_lengths: Sequence[int], share_prefix: bool
 ) -> int:
-    """Tokens one forward of [`plan_long_pass`] holds: its packed row, or its padded batch of naive rows."""
+    """Tokens one forward of [`plan_long_pass`] holds: its packed row of groups, or its padded batch of rollouts
+    (padded to the longest completion of all, as [`plan_long_pass`] plans them)."""
     if share_prefix:
-        return sum(shared_row_tokens(prompt_lengths[row[0]], [completion_lengths[r] for r in row]) for row in chunk)
-    return len(chunk) * (max(prompt_lengths[row[0]] for row in chunk) + max(completion_lengths, default=0))
+        return sum(
+            shared_row_tokens(prompt_lengths[group[0]], [completion_lengths[r] for r in group]) for group in chunk
+        )
+    return len(chunk) * (max(prompt_lengths[group[0]] for group in chunk) + max(completion_lengths, default=0))
+
+
+@dataclass
+class PrefixGroup:
+    """One prompt in a packed row: its prefix `prompt[:-1]` at row positions `start .. start + prefix_length - 1`,
+    then its segments; `segment_index[j, i]` is the row position of token `i` of segment `j` (a padded segment
+    repeats its last position) and `valid_index` lists the real tokens of the flattened `(segments x longest)` grid,
+    in row order."""
+
+    start: int
+    prefix_length: int
+    segment_index: torch.Tensor  # (segments, longest segment), long
+    valid_index: torch.Tensor  # (group length - prefix length,), long
 
 
 @dataclass
 class SharedPrefixLayout:
-    """Where the segments of a packed row are: `segment_index[j, i]` is the row position of token `i` of segment `j`
-    (padded segments repeat their last position); `valid_index` lists the real tokens of the flattened
-    `(segments x longest)` grid in row order. Masks built for the row are kept, so each shape is built once per row
-    rather than once per layer."""
+    """The groups of a packed row, in row order. Masks built for the row are kept, so each shape is built once per
+    row rather than once per layer."""
 
-    prefix_length: int
-    segment_index: torch.Tensor  # (segments, longest segment), long
-    valid_index: torch.Tensor  # (row length - prefix length,), long
+    groups: list[PrefixGroup]
     masks: dict = field(default_factory=dict, repr=False)
 
 
@@ -136,40 +149,48 @@ class SharedPrefixRow:
 
 
 def pack_shared_row(
-    prompt_ids: torch.Tensor, completions: Sequence[tuple[int, torch.Tensor]], device: torch.device | str | None = None
+    groups: Sequence[tuple[torch.Tensor, Sequence[tuple[int, torch.Tensor]]]],
+    device: torch.device | str | None = None,
 ) -> SharedPrefixRow:
-    """Pack one prompt (unpadded 1D ids) and `(rollout, completion_ids)` pairs (unpadded) into a shared row, built
-    on `device` (default: the prompt's)."""
-    device = prompt_ids.device if device is None else torch.device(device)
-    prompt_ids = prompt_ids.to(device)
-    prefix_length = len(prompt_ids) - 1
-    pieces, labels = [prompt_ids[:-1]], [prompt_ids.new_full((prefix_length,), -100)]
-    starts, lengths, rollouts, tokens, positions = [], [], [], [], []
-    start = prefix_length
-    for rollout, completion in completions:
-        completion = completion.to(device)
-        pieces.append(torch.cat([prompt_ids[-1:], completion]))
-        labels.append(torch.cat([completion.new_full((1,), -100), completion]))
-        rollouts += [rollout] * len(completion)
-        tokens += range(len(completion))
-        positions += range(start + 1, start + 1 + len(completion))
-        starts.append(start)
-        lengths.append(1 + len(completion))
-        start += 1 + len(completion)
-    longest = max(lengths)
-    offsets = torch.arange(longest)
-    lengths_tensor = torch.tensor(lengths).unsqueeze(-1)
-    segment_index = torch.tensor(starts).unsqueeze(-1) + torch.minimum(offsets, lengths_tensor - 1)
-    valid_index = (offsets < lengths_tensor).flatten().nonzero().squeeze(-1)
-    row_positions = [torch.arange(prefix_length)] + [torch.arange(prefix_length, prefix_length + n) for n in lengths]
+    """Pack `(prompt_ids, [(rollout, completion_ids), ...])` groups (unpadded 1D ids) into one row, built on
+    `device` (default: the first prompt's). Each group's positions start at 0, as in its naive sequences."""
+    device = groups[0][0].device if device is None else torch.device(device)
+    pieces, labels, positions, layout_groups = [], [], [], []
+    rollouts, tokens, scored_positions = [], [], []
+    start = 0
+    for prompt_ids, completions in groups:
+        prompt_ids = prompt_ids.to(device)
+        prefix_length = len(prompt_ids) - 1
+        pieces.append(prompt_ids[:-1])
+        labels.append(prompt_ids.new_full((prefix_length,), -100))
+        positions.append(torch.arange(prefix_length))
+        segment_starts, segment_lengths = [], []
+        cursor = start + prefix_length
+        for rollout, completion in completions:
+            completion = completion.to(device)
+            pieces.append(torch.cat([prompt_ids[-1:], completion]))
+            labels.append(torch.cat([completion.new_full((1,), -100), completion]))
+            positions.append(torch.arange(prefix_length, prefix_length + 1 + len(completion)))
+            rollouts += [rollout] * len(completion)
+            tokens += range(len(completion))
+            scored_positions += range(cursor + 1, cursor + 1 + len(completion))
+            segment_starts.append(cursor)
+            segment_lengths.append(1 + len(completion))
+            cursor += 1 + len(completion)
+        offsets = torch.arange(max(segment_lengths))
+        lengths = torch.tensor(segment_lengths).unsqueeze(-1)
+        segment_index = torch.tensor(segment_starts).unsqueeze(-1) + torch.minimum(offsets, lengths - 1)
+        valid_index = (offsets < lengths).flatten().nonzero().squeeze(-1)
+        layout_groups.append(PrefixGroup(start, prefix_length, segment_index.to(device), valid_index.to(device)))
+        start = cursor
     return SharedPrefixRow(
         input_ids=torch.cat(pieces).unsqueeze(0),
-        position_ids=torch.cat(row_positions).unsqueeze(0).to(device),
+        position_ids=torch.cat(positions).unsqueeze(0).to(device),
         labels=torch.cat(labels).long().unsqueeze(0),
-        layout=SharedPrefixLayout(prefix_length, segment_index.to(device), valid_index.to(device)),
+        layout=SharedPrefixLayout(layout_groups),
         rollout=torch.tensor(rollouts, dtype=torch.long),
         token=torch.tensor(tokens, dtype=torch.long),
-        position=torch.tensor(positions, dtype=torch.long, device=device),
+        position=torch.tensor(scored_positions, dtype=torch.long, device=device),
     )
 
 
@@ -186,11 +207,42 @@ def causal_band_mask(
     return allowed[None, None]
 
 
+def _attend_group(original: Callable, module, query, key, value, group: PrefixGroup, mask: Callable, kwargs):
+    """One prompt's part of a packed row: causal attention over its prefix, then its segments as a batch of queries
+    over `[prefix keys, own keys]`. Returns the outputs of its positions, in row order."""
+    outputs = []
+    prefix = slice(group.start, group.start + group.prefix_length)
+    if group.prefix_length:
+        prefix_output, _ = original(
+            module,
+            query[:, :, prefix],
+            key[:, :, prefix],
+            value[:, :, prefix],
+            mask(group.prefix_length, group.prefix_length, 0),
+            **kwargs,
+        )
+        outputs.append(prefix_output)
+    index = group.segment_index
+    segments, longest = index.shape
+    batch = [states[0][:, index].transpose(0, 1) for states in (query, key, value)]  # (segments, heads, T, dim)
+    shared = [states[:, :, prefix].expand(segments, -1, -1, -1) for states in (key, value)]
+    segment_output, _ = original(
+        module,
+        batch[0],
+        torch.cat([shared[0], batch[1]], dim=2),
+        torch.cat([shared[1], batch[2]], dim=2),
+        mask(longest, group.prefix_length + longest, group.prefix_length),
+        **kwargs,
+    )
+    # The segments follow their prefix in row order: their valid tokens, row-major, are the rest of the group
+    outputs.append(segment_output.flatten(0, 1).index_select(0, group.valid_index).unsqueeze(0))
+    return outputs
+
+
 def _attend_shared_prefix(
     original: Callable, flash: bool, module, query, key, value, layout: SharedPrefixLayout, kwargs: dict
 ) -> tuple[torch.Tensor, None]:
     """Attention of one packed row (batch 1), `(1, L, heads, dim)` like transformers' attention functions return."""
-    prefix_length = layout.prefix_length
     window = kwargs.get("sliding_window")
     if not flash:  # SDPA applies a window only through its mask
         kwargs = {name: value for name, value in kwargs.items() if name != "sliding_window"}
@@ -205,39 +257,12 @@ def _attend_shared_prefix(
             layout.masks[shape] = causal_band_mask(queries, keys, offset, window, query.device)
         return layout.masks[shape]
 
-    prefix = slice(0, prefix_length)
-    if prefix_length:
-        prefix_output, _ = original(
-            module,
-            query[:, :, prefix],
-            key[:, :, prefix],
-            value[:, :, prefix],
-            mask(prefix_length, prefix_length, 0),
-            **kwargs,
-        )
-    else:  # a one-token prompt: nothing before the segments
-        prefix_output = query.new_zeros((1, 0, query.shape[1], value.shape[-1]))
-    index = layout.segment_index
-    segments, longest = index.shape
-
-    def segment_batch(states: torch.Tensor) -> torch.Tensor:  # (1, heads, L, dim) -> (segments, heads, longest, dim)
-        return states[0][:, index].transpose(0, 1)
-
-    def with_prefix(states: torch.Tensor) -> torch.Tensor:
-        shared = states[:, :, prefix].expand(segments, -1, -1, -1)
-        return torch.cat([shared, segment_batch(states)], dim=2)
-
-    segment_output, _ = original(
-        module,
-        segment_batch(query),
-        with_prefix(key),
-        with_prefix(value),
-        mask(longest, prefix_length + longest, prefix_length),
-        **kwargs,
-    )
-    # Segments follow the prefix in row order, so their valid tokens, row-major, are positions prefix_length .. L - 1
-    segment_output = segment_output.flatten(0, 1).index_select(0, layout.valid_index)
-    return torch.cat([prefix_output, segment_output.unsqueeze(0)], dim=1), None
+    outputs = [
+        output
+        for group in layout.groups
+        for output in _attend_group(original, module, query, key, value, group, mask, kwargs)
+    ]
+    return torch.cat(outputs, dim=1), None
 
 
 def shared_prefix_attention(original: Callable, flash: bool) -> Callable:

@@ -514,8 +514,8 @@ class DePOTrainer(GRPOTrainer):
         )  # fmt: skip
         chunks = plan_long_pass(prompt_keys, prompt_lengths, completion_lengths, budget, share)
         tokens = sum(chunk_tokens(chunk, prompt_lengths, completion_lengths, share) for chunk in chunks)
-        # ZeRO-3 / FSDP: every process must run as many forwards (a chunk is one forward; extra chunks are one row
-        # with zero weight), and recompute them alike: whenever one process holds more than its budget
+        # ZeRO-3 / FSDP: every process must run as many forwards (a chunk is one forward; extra chunks are one
+        # rollout with zero weight), and recompute them alike: whenever one process holds more than its budget
         agreed = self.accelerator.gather(torch.tensor([[len(chunks), int(tokens > budget)]], device=rows.device))
         num_chunks, over_budget = (int(value) for value in agreed.max(dim=0).values)
         recompute = bool(over_budget) and torch.is_grad_enabled()
@@ -591,28 +591,31 @@ class DePOTrainer(GRPOTrainer):
             attention_mask = torch.cat([prompt_mask, completion_mask[rollouts, :width]], dim=1)
             logps, _, _ = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, width)
             return torch.nn.functional.pad(logps, (0, completion_ids.size(1) - width))
+        # The chunk's prompt groups in one packed row: one forward
+        packed = pack_shared_row(
+            [
+                (
+                    state.long_prompt_ids[group[0]],
+                    [(rollout, completion_ids[rollout, : state.completion_lengths[rollout]]) for rollout in group],
+                )
+                for group in chunk_rows
+            ]
+        )
+        with self.accelerator.autocast():
+            log_probs = model(
+                input_ids=packed.input_ids,
+                # A prepared 4D mask, returned as is by the model's mask builders: the attention computes the row
+                # from its layout, so no L x L mask (or packed-sequence detection) is made for it
+                attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
+                position_ids=packed.position_ids,
+                labels=packed.labels,
+                fused_lm_head=True,
+                **{SHARED_PREFIX_KWARG: packed.layout},
+            ).log_probs
         order = {rollout: position for position, rollout in enumerate(rollouts)}
-        targets, tokens, values = [], [], []
-        for row in chunk_rows:
-            completions = [(rollout, completion_ids[rollout, : state.completion_lengths[rollout]]) for rollout in row]
-            packed = pack_shared_row(state.long_prompt_ids[row[0]], completions)
-            with self.accelerator.autocast():
-                log_probs = model(
-                    input_ids=packed.input_ids,
-                    # A prepared 4D mask, returned as is by the model's mask builders: the attention computes the
-                    # row from its layout, so no L x L mask (or packed-sequence detection) is made for it
-                    attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
-                    position_ids=packed.position_ids,
-                    labels=packed.labels,
-                    fused_lm_head=True,
-                    **{SHARED_PREFIX_KWARG: packed.layout},
-                ).log_probs
-            targets.append(packed.rollout.apply_(order.__getitem__))
-            tokens.append(packed.token)
-            values.append(log_probs[0, packed.position - 1])
-        logps = values[0].new_zeros((len(rollouts), completion_ids.size(1)))
-        device = logps.device
-        return logps.index_put((torch.cat(targets).to(device), torch.cat(tokens).to(device)), torch.cat(values))
+        logps = log_probs.new_zeros((len(rollouts), completion_ids.size(1)))
+        target, token = packed.rollout.apply_(order.__getitem__).to(logps.device), packed.token.to(logps.device)
+        return logps.index_put((target, token), log_probs[0, packed.position - 1])
 
     def _weighted_terms(
         self, state: LongContextBatch, rollouts: torch.Tensor, long_logps: torch.Tensor, weight_scale: float

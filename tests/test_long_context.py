@@ -32,11 +32,13 @@ COMPLETION_LENGTHS = [3, 4, 2, 5, 1, 6]
 def test_plan_by_hand():
     plan = functools.partial(plan_long_pass, KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS)
     assert plan(None, share_prefix=False) == [[[0], [1], [2], [3], [4], [5]]]
-    # Shared: a forward is one packed row, one prompt with its rollouts
-    assert plan(None, share_prefix=True) == [[[0, 2, 3]], [[1, 5]], [[4]]]
+    # Shared: a forward is one packed row of prompt groups, here all three
+    assert plan(None, share_prefix=True) == [[[0, 2, 3], [1, 5], [4]]]
     # Shared, 18 tokens: prompt a takes rollouts 0 and 2 (10 + 3 + 2 + 1 = 16), then 3 alone (15); each of b's
-    # rollouts alone is over the budget (24, 26) and gets its own row
+    # rollouts alone is over the budget (24, 26) and gets its own forward; c's (6) does not fit beside b's
     assert plan(18, share_prefix=True) == [[[0, 2]], [[3]], [[1]], [[5]], [[4]]]
+    # Shared, 40 tokens: a's group (10 + 10 + 2 = 22), then b's (20 + 10 + 1 = 31) with c's (6) in the next row
+    assert plan(40, share_prefix=True) == [[[0, 2, 3]], [[1, 5], [4]]]
     # Naive, 40 tokens: rows are padded to the widest prompt plus the longest completion (6)
     assert plan(40, share_prefix=False) == [[[0]], [[1]], [[2], [3]], [[4]], [[5]]]
     assert shared_row_tokens(10, [3, 2]) == 16
@@ -54,9 +56,9 @@ def test_plan_respects_the_token_budget_and_keeps_every_rollout_once(share_prefi
     assert sorted(r for chunk in chunks for row in chunk for r in row) == list(range(len(keys)))
     width = max(completions)
     for chunk in chunks:
-        if share_prefix:  # one forward, one packed row of one prompt
-            assert len(chunk) == 1 and len({keys[r] for r in chunk[0]}) == 1
-            cost = shared_row_tokens(prompts[chunk[0][0]], [completions[r] for r in chunk[0]])
+        if share_prefix:  # one forward, one packed row of groups, each of one prompt
+            assert all(len({keys[r] for r in group}) == 1 for group in chunk)
+            cost = sum(shared_row_tokens(prompts[group[0]], [completions[r] for r in group]) for group in chunk)
             alone = shared_row_tokens(prompts[chunk[0][0]], [completions[chunk[0][0]]])
         else:
             assert all(len(row) == 1 for row in chunk)
@@ -67,27 +69,30 @@ def test_plan_respects_the_token_budget_and_keeps_every_rollout_once(share_prefi
 
 
 def test_shared_row_by_hand():
-    row = pack_shared_row(torch.tensor([7, 8, 9]), [(0, torch.tensor([1, 2])), (3, torch.tensor([5]))])
-    # [7, 8 | 9, 1, 2 | 9, 5]: the last prompt token opens each segment, whose positions continue the prefix's
-    assert row.input_ids.tolist() == [[7, 8, 9, 1, 2, 9, 5]]
-    assert row.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3]]
-    assert row.labels.tolist() == [[-100, -100, -100, 1, 2, -100, 5]]
-    assert row.layout.prefix_length == 2
-    assert row.layout.segment_index.tolist() == [[2, 3, 4], [5, 6, 6]]
-    assert row.layout.valid_index.tolist() == [0, 1, 2, 3, 4]  # of the flattened (2 x 3) grid: not the padding
-    assert list(zip(row.rollout.tolist(), row.token.tolist(), row.position.tolist())) == [
-        (0, 0, 3),
-        (0, 1, 4),
-        (3, 0, 6),
-    ]
+    first = (torch.tensor([7, 8, 9]), [(0, torch.tensor([1, 2])), (3, torch.tensor([5]))])
+    second = (torch.tensor([6, 4]), [(1, torch.tensor([8]))])
+    row = pack_shared_row([first, second])
+    # [7, 8 | 9, 1, 2 | 9, 5 || 6 | 4, 8]: the last prompt token opens each segment, whose positions continue its
+    # prompt's prefix; the second prompt's positions start again at 0
+    assert row.input_ids.tolist() == [[7, 8, 9, 1, 2, 9, 5, 6, 4, 8]]
+    assert row.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3, 0, 1, 2]]
+    assert row.labels.tolist() == [[-100, -100, -100, 1, 2, -100, 5, -100, -100, 8]]
+    first_group, second_group = row.layout.groups
+    assert (first_group.start, first_group.prefix_length) == (0, 2)
+    assert first_group.segment_index.tolist() == [[2, 3, 4], [5, 6, 6]]
+    assert first_group.valid_index.tolist() == [0, 1, 2, 3, 4]  # of the flattened (2 x 3) grid: not the padding
+    assert (second_group.start, second_group.prefix_length) == (7, 1)
+    assert second_group.segment_index.tolist() == [[8, 9]]
+    scored = list(zip(row.rollout.tolist(), row.token.tolist(), row.position.tolist()))
+    assert scored == [(0, 0, 3), (0, 1, 4), (3, 0, 6), (1, 0, 9)]
 
 
 def test_shared_row_is_built_on_the_device_of_its_inputs():
     """Completions live on the accelerator in training: the row is packed there, with no host tensor mixed in
     (the meta device stands in for a GPU)."""
     prompt = torch.arange(100, 109, device="meta")
-    row = pack_shared_row(prompt, [(0, torch.arange(4, device="meta")), (1, torch.arange(2, device="meta"))])
-    for tensor in (row.input_ids, row.position_ids, row.labels, row.position, row.layout.segment_index):
+    row = pack_shared_row([(prompt, [(0, torch.arange(4, device="meta")), (1, torch.arange(2, device="meta"))])])
+    for tensor in (row.input_ids, row.position_ids, row.labels, row.position, row.layout.groups[0].segment_index):
         assert tensor.device.type == "meta"
     assert row.input_ids.shape == (1, 8 + 5 + 3)
     assert row.rollout.device.type == "cpu" and row.token.device.type == "cpu"  # bookkeeping stays on the host
@@ -102,14 +107,16 @@ def reference_attention(query, key, value, allowed):
 def packed_row_mask(row, window):
     """The naive pass's visibility, written per token pair: same segment (or the prefix) and causal in positions."""
     length = row.input_ids.shape[1]
-    segment = torch.zeros(length, dtype=torch.long)
-    for number, index in enumerate(row.layout.segment_index, start=1):
-        segment[index] = number  # a padded segment repeats its last position, which is its own
+    prompt, segment = torch.zeros(length, dtype=torch.long), torch.zeros(length, dtype=torch.long)
+    for group in row.layout.groups:
+        prompt[group.start :] = group.start
+        for index in group.segment_index:
+            segment[index] = index[0]  # named by its first position (0: a prefix); padding repeats its own last
     positions = row.position_ids[0]
     allowed = torch.zeros(length, length, dtype=torch.bool)
     for q in range(length):
         for k in range(q + 1):
-            visible = segment[k] == 0 or segment[k] == segment[q]
+            visible = prompt[k] == prompt[q] and (segment[k] == 0 or segment[k] == segment[q])
             in_window = window is None or positions[q] - positions[k] < window
             allowed[q, k] = visible and in_window
     return allowed
@@ -132,8 +139,11 @@ def bottom_right_flash(module, query, key, value, attention_mask, sliding_window
 @pytest.mark.parametrize("implementation", ["sdpa", "flash"])
 def test_shared_prefix_attention_equals_attention_over_the_naive_sequences(window, implementation):
     torch.manual_seed(0)
-    completions = [(0, torch.arange(5)), (1, torch.arange(2)), (2, torch.arange(4))]
-    row = pack_shared_row(torch.arange(100, 109), completions)
+    groups = [
+        (torch.arange(100, 109), [(0, torch.arange(5)), (1, torch.arange(2)), (2, torch.arange(4))]),
+        (torch.arange(50, 56), [(3, torch.arange(3)), (4, torch.arange(6))]),
+    ]
+    row = pack_shared_row(groups)
     length = row.input_ids.shape[1]
     query, key, value = (torch.randn(1, 2, length, 8) for _ in range(3))
     if implementation == "sdpa":
