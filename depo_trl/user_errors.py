@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import huggingface_hub
 from huggingface_hub import constants as hub_constants
 
+from .models import conversion_hint
+
 
 DEBUG_VARIABLE = "DEPO_TRL_DEBUG"
 # Extensions of files people pass to these commands; "Qwen2.5-7B" must still read as a Hub id, not a "7B" file
@@ -143,11 +145,14 @@ def check_model_source(argument: str, value: str, what: str = "model") -> None:
     if os.path.exists(value):
         raise UsageError(f"{argument} {value}: a file, not a {what} folder; pass its folder or a Hub id.")
     if looks_like_local_path(value):
-        raise UsageError(f"{argument} {value}: no such folder; check the path, or pass a Hub id.")
+        raise UsageError(
+            f"{argument} {value}: no such folder; check the path, or pass a Hub id{conversion_hint(value)}."
+        )
     if hub_offline() and not in_hub_cache(value, "model"):
         raise UsageError(
             f"{argument} {value}: not a local folder, and the Hub is unreachable (offline mode, HF_HUB_OFFLINE=1) "
-            f"with no cached copy; download the {what} where the Hub is reachable, or pass a local folder."
+            f"with no cached copy; download the {what} where the Hub is reachable, or pass a local folder"
+            f"{conversion_hint(value)}."
         )
 
 

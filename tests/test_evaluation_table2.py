@@ -193,6 +193,9 @@ def test_groups_decoding_and_table_layout():
     table = results_table({"model": scores})
     assert "| model | 20.00 | " + " | ".join(["50.00"] * 9) + " | 47.00 |" in table
     assert "| model | 33.33 | 1 | 3 |" in table
+    only_v2 = results_table({"model": scores, "other": {"longbench_v2": {"accuracy": 0.0, "unparsed": 0, "count": 1}}})
+    assert "| other | - |" not in only_v2 and "| other | 0.00 | 0 | 1 |" in only_v2
+    assert "DocMath" not in results_table({"other": {"longbench_v2": {"accuracy": 0.0, "unparsed": 0, "count": 1}}})
 
 
 def test_frames_preparation_without_network():

@@ -233,6 +233,7 @@ def results_table(all_scores: dict[str, dict]) -> str:
     """Markdown: the paper's Table 2 (its 10 columns in its order and their average), then LongBench v2 and RULER-QA
     by length when they were run (EM beside F1 in JSON)."""
     qa_columns = list(TABLE_COLUMNS)
+    table2_models = [model for model, scores in all_scores.items() if any(task in scores for task in qa_columns)]
     lines = [
         "DocMath: accuracy x100; the other columns: F1 x100 (LongBench scoring). Moderate context: "
         + ", ".join(TABLE_COLUMNS[t] for t in TABLE2_MODERATE)
@@ -243,7 +244,11 @@ def results_table(all_scores: dict[str, dict]) -> str:
         "| Model | " + " | ".join(TABLE_COLUMNS[t] for t in qa_columns) + " | Avg. |",
         "|---|" + "---:|" * (len(qa_columns) + 1),
     ]
-    for model, scores in all_scores.items():
+    # A model evaluated only on the other sections (e.g. the context study) gets no all-"-" Table 2 row
+    if not table2_models:
+        lines = []
+    for model in table2_models:
+        scores = all_scores[model]
         average = f"{scores['avg']:.2f}" if scores.get("avg") is not None else "-"
         lines.append(f"| {model} | " + " | ".join(_cell(scores, t) for t in qa_columns) + f" | {average} |")
     if any(LONGBENCH_V2 in scores for scores in all_scores.values()):
@@ -269,7 +274,7 @@ def results_table(all_scores: dict[str, dict]) -> str:
             for model, row in rows.items():
                 cells = (f"{row[column]:.2f}" if column in row else "-" for column in columns)
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).strip("\n") + "\n"
 
 
 def plot_ruler(all_scores: dict[str, dict], path: str) -> bool:
