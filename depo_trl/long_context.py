@@ -15,10 +15,12 @@ layer and prompt: causal attention over the prefix, then the segments as a batch
 """
 
 import functools
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -97,6 +99,42 @@ def plan_long_pass(
         else:
             chunks.append([group])
     return chunks
+
+
+def one_prompt_budget(
+    prompt_keys: Sequence[Hashable],
+    prompt_lengths: Sequence[int],
+    completion_lengths: Sequence[int],
+    share_prefix: bool,
+) -> int:
+    """Tokens of the largest forward that holds one prompt with all its rollouts: the budget when none is set, so
+    that memory follows one prompt, not the whole optimizer window."""
+    prompts: dict[Hashable, list[int]] = {}
+    for rollout, key in enumerate(prompt_keys):
+        prompts.setdefault(key, []).append(rollout)
+    forwards = [[rollouts] if share_prefix else [[r] for r in rollouts] for rollouts in prompts.values()]
+    return max((chunk_tokens(f, prompt_lengths, completion_lengths, share_prefix) for f in forwards), default=1)
+
+
+@contextmanager
+def checkpointed_forward(module: torch.nn.Module) -> Iterator[None]:
+    """While open, `module`'s forward runs under non-reentrant activation checkpointing: its activations are
+    recomputed during the backward instead of kept.
+
+    The long pass puts the model's backbone here, not the whole forward: TRL's fused LM head then keeps its saved
+    weight the parameter itself (a recomputed one would be a detached copy, without the attributes ZeRO-3's gather
+    of the head reads in its backward), and the head saves only the scored positions' hidden states.
+    """
+    had_own_forward = "forward" in module.__dict__
+    original = module.forward
+    module.forward = functools.partial(checkpoint, original, use_reentrant=False)
+    try:
+        yield
+    finally:
+        if had_own_forward:
+            module.forward = original
+        else:
+            del module.forward
 
 
 def chunk_tokens(

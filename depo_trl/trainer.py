@@ -13,14 +13,13 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
-from torch.utils.checkpoint import checkpoint
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
@@ -29,9 +28,11 @@ from trl.trainer.utils import get_config_model_id, pad
 from .config import DePOConfig
 from .long_context import (
     SHARED_PREFIX_KWARG,
+    checkpointed_forward,
     chunk_tokens,
     install_shared_prefix_attention,
     layer_attention_windows,
+    one_prompt_budget,
     pack_shared_row,
     plan_long_pass,
 )
@@ -506,12 +507,9 @@ class DePOTrainer(GRPOTrainer):
         prompt_lengths = [len(state.long_prompt_ids[rollout]) for rollout in rollouts]
         completion_lengths = [state.completion_lengths[rollout] for rollout in rollouts]
         prompt_keys = [tuple(state.long_prompt_ids[rollout].tolist()) for rollout in rollouts]
-        # Without a set budget: one prompt with all its rollouts (the longest such row of this window)
-        budget = self.args.distillation_chunk_tokens or max(
-            (chunk_tokens(chunk, prompt_lengths, completion_lengths, share)
-             for chunk in plan_long_pass(prompt_keys, prompt_lengths, completion_lengths, None, share)),
-            default=1,
-        )  # fmt: skip
+        budget = self.args.distillation_chunk_tokens or one_prompt_budget(
+            prompt_keys, prompt_lengths, completion_lengths, share
+        )
         chunks = plan_long_pass(prompt_keys, prompt_lengths, completion_lengths, budget, share)
         tokens = sum(chunk_tokens(chunk, prompt_lengths, completion_lengths, share) for chunk in chunks)
         # ZeRO-3 / FSDP: every process must run as many forwards (a chunk is one forward; extra chunks are one
@@ -531,6 +529,11 @@ class DePOTrainer(GRPOTrainer):
             self._log_clip_ratio(state, rows)
         # No process has anything to distil: every process skips the pass alike
         return torch.stack(chunk_losses).sum() if chunk_losses else torch.zeros((), device=rows.device)
+
+    @property
+    def _router_logits_requested(self) -> bool:
+        config = self.accelerator.unwrap_model(self.model).config.get_text_config()
+        return bool(getattr(config, "output_router_logits", False))
 
     def _long_prefix_sharing_enabled(self) -> bool:
         if not self.args.share_long_prefix:
@@ -563,19 +566,13 @@ class DePOTrainer(GRPOTrainer):
         the backward (activation checkpointing), so memory holds one chunk at a time while the step keeps the single
         backward that DeepSpeed's accumulation bookkeeping expects."""
         rollouts = torch.tensor([rollout for row in chunk_rows for rollout in row], device=self.accelerator.device)
-
-        def chunk_loss(*_):
+        backbone = self.accelerator.unwrap_model(model)
+        backbone = (backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone).base_model
+        with checkpointed_forward(backbone) if recompute else nullcontext():
             long_logps = self._long_logps(model, state, chunk_rows, share)
-            return self._weighted_terms(state, rollouts, long_logps, weight_scale), long_logps.detach()
-
-        if recompute:
-            dummy = torch.ones((), device=rollouts.device, requires_grad=True)  # gives checkpoint an input to track
-            loss, long_logps = checkpoint(chunk_loss, dummy, use_reentrant=False)
-        else:
-            loss, long_logps = chunk_loss()
         if weight_scale:
-            state.long_logps[rollouts] = long_logps.float()
-        return loss
+            state.long_logps[rollouts] = long_logps.detach().float()
+        return self._weighted_terms(state, rollouts, long_logps, weight_scale)
 
     def _long_logps(self, model, state: LongContextBatch, chunk_rows: list[list[int]], share: bool) -> torch.Tensor:
         """Completion-token log-probs `(rollouts, T)` under the long prompts, in `chunk_rows` order."""
@@ -610,6 +607,8 @@ class DePOTrainer(GRPOTrainer):
                 position_ids=packed.position_ids,
                 labels=packed.labels,
                 fused_lm_head=True,
+                # MoE: the load-balancing loss reads the attention mask, here a placeholder, and is not used
+                **({"output_router_logits": False} if self._router_logits_requested else {}),
                 **{SHARED_PREFIX_KWARG: packed.layout},
             ).log_probs
         order = {rollout: position for position, rollout in enumerate(rollouts)}

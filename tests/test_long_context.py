@@ -12,6 +12,7 @@ from depo_trl.long_context import (
     SHARED_PREFIX_KWARG,
     causal_band_mask,
     chunk_tokens,
+    one_prompt_budget,
     pack_shared_row,
     plan_long_pass,
     shared_prefix_attention,
@@ -42,6 +43,15 @@ def test_plan_by_hand():
     # Naive, 40 tokens: rows are padded to the widest prompt plus the longest completion (6)
     assert plan(40, share_prefix=False) == [[[0]], [[1]], [[2], [3]], [[4]], [[5]]]
     assert shared_row_tokens(10, [3, 2]) == 16
+
+
+def test_default_budget_is_one_prompt_with_its_rollouts():
+    # Shared rows: a = 10 + (3 + 2 + 5) + 2 = 22, b = 20 + (4 + 6) + 1 = 31, c = 5 + 1 = 6; the largest is b's
+    assert one_prompt_budget(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, share_prefix=True) == 31
+    plan = plan_long_pass(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, 31, share_prefix=True)
+    assert plan == [[[0, 2, 3]], [[1, 5]], [[4]]]  # one prompt per forward, not the whole window in one
+    # Padded batches of one prompt's rollouts, to the longest completion (6): a = 3 x 16, b = 2 x 26, c = 1 x 26
+    assert one_prompt_budget(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, share_prefix=False) == 52
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])

@@ -264,3 +264,67 @@ def test_mixed_arm_evaluates_on_the_short_prompt(tiny_model_dir, tiny_dataset, t
     trainer.model.train()
     flipped = trainer._rollout_inputs(rows)
     assert any(rollout["prompt"] == row["long_prompt"] for rollout, row in zip(flipped, rows))
+
+
+@pytest.fixture
+def fake_zero3(monkeypatch):
+    """Just enough of DeepSpeed ZeRO-3 for TRL's fused LM head: `is_deepspeed_zero3_enabled()` true and parameters
+    with a `ds_status`, so the head's backward reads the status of the weight it saved."""
+    import contextlib
+    import enum
+    import importlib.machinery
+    import types
+
+    import transformers.integrations.deepspeed as hf_deepspeed
+
+    class ZeroParamStatus(enum.Enum):
+        AVAILABLE = 1
+        NOT_AVAILABLE = 2
+
+    deepspeed = types.ModuleType("deepspeed")
+    deepspeed.__spec__ = importlib.machinery.ModuleSpec("deepspeed", None)
+    deepspeed.zero = types.SimpleNamespace(GatheredParameters=lambda params, **_: contextlib.nullcontext())
+    partition_parameters = types.ModuleType("deepspeed.runtime.zero.partition_parameters")
+    partition_parameters.ZeroParamStatus = ZeroParamStatus
+    modules = {"deepspeed": deepspeed, "deepspeed.runtime": types.ModuleType("deepspeed.runtime")}
+    modules["deepspeed.runtime.zero"] = types.ModuleType("deepspeed.runtime.zero")
+    modules["deepspeed.runtime.zero.partition_parameters"] = partition_parameters
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(hf_deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
+    return ZeroParamStatus.NOT_AVAILABLE
+
+
+@pytest.mark.parametrize("distillation", ["kd", "iw"])
+def test_recomputed_chunks_keep_the_lm_head_weight_zero3_gathers(
+    tiny_model_dir, tiny_dataset, tmp_path, fake_zero3, distillation
+):
+    # Several chunks per process: each recomputed in the backward. Recomputing the whole forward handed TRL's fused
+    # head a detached weight, and its ZeRO-3 gather failed on it ("'Tensor' object has no attribute 'ds_status'")
+    trainer = make_trainer(
+        tiny_model_dir, tiny_dataset, str(tmp_path), distillation=distillation, per_device_train_batch_size=8,
+        distillation_chunk_tokens=60,
+    )  # fmt: skip
+    for parameter in trainer.model.parameters():
+        parameter.ds_status = fake_zero3
+    batch = generation_batch(trainer, tiny_dataset, num_prompts=2)
+    gradients = accumulated_gradients(trainer, [batch])
+    assert all(torch.isfinite(gradient).all() for gradient in gradients.values())
+
+
+def test_moe_model_requesting_router_logits_runs_the_shared_long_pass(tiny_model_dir, tiny_dataset, tmp_path):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    config = Qwen3MoeConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+        output_router_logits=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    trainer = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, model=Qwen3MoeForCausalLM(config))
+    assert trainer._long_prefix_sharing_enabled()
+    # The fused head's load-balancing loss would read the placeholder attention mask and fail
+    gradients = accumulated_gradients(trainer, [generation_batch(trainer, tiny_dataset, num_prompts=2)])
+    assert gradients and all(torch.isfinite(gradient).all() for gradient in gradients.values())
