@@ -1,4 +1,4 @@
-.PHONY: install test quality style demo toy-benchmark clean tiny-assets real-smoke vllm-serve train train-with-server
+.PHONY: install test quality style demo toy-warm-start toy-benchmark toy-benchmark-length toy-benchmark-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -49,12 +49,20 @@ real-smoke: install  ## a real model through the whole pipeline on a CPU: conver
 		--limit 3 --max-length 4096 --max-new-tokens 32 --data-dir tests/fixtures/longbench --output-dir $(SMOL_EVAL)
 	@echo "model: $(SMOL_MODEL)  data: $(SMOL_DATA)  run: runs/smollm2-135m-instruct/depo  evaluation: $(SMOL_EVAL)/results.md"
 
-demo: install  ## the toy world end to end on a CPU: warm start, DePO, EM before/after beside chance
+demo: install  ## the toy world end to end on a CPU: the shipped warm start, DePO, EM before/after beside chance
 	$(BIN)/python -m depo_trl.toy.demo --run-dir runs/demo
 
-toy-benchmark: install  ## five arms x 3 seeds at toy scale (a benchmark, ~40 minutes on 2 cores)
-	$(BIN)/python -m depo_trl.toy.benchmark --run-dir runs/toy_benchmark \
-		$(if $(wildcard runs/demo/warm_start/model.safetensors),--warm-start-dir runs/demo/warm_start,)
+toy-warm-start: install  ## remake the shipped warm start of the toy world (~20 minutes on 2 cores)
+	$(BIN)/python -m depo_trl.toy.warm_start --output-dir depo_trl/toy/shipped_warm_start
+
+toy-benchmark: install  ## the five arms x 5 seeds at toy scale, equal steps and equal time (a benchmark)
+	$(BIN)/python -m depo_trl.toy.benchmark --sweep arms
+
+toy-benchmark-length: install  ## DePO and RL-on-long at 15 / 30 / 60 long-context distractors
+	$(BIN)/python -m depo_trl.toy.benchmark --sweep length
+
+toy-benchmark-lambda: install  ## DePO at distillation weights 0 / 0.25 / 0.5 / 1 / 2
+	$(BIN)/python -m depo_trl.toy.benchmark --sweep lambda
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

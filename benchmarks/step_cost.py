@@ -172,7 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=positive_int, default=4)
     parser.add_argument("--generations", type=positive_int, default=8)
     parser.add_argument("--completion-tokens", type=positive_int, default=24)
-    parser.add_argument("--long-distractors", type=positive_int, default=56, help="About 10x the short prompt.")
+    parser.add_argument(
+        "--long-distractors",
+        type=positive_int,
+        default=63,
+        help="About 8x the short prompt (63: every person of the pools).",
+    )
     parser.add_argument("--hidden", type=positive_int, default=128)
     parser.add_argument("--layers", type=positive_int, default=4)
     parser.add_argument("--run-dir", default="runs/step_cost")

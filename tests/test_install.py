@@ -84,6 +84,10 @@ def test_a_plain_install_runs_every_readme_command(tmp_path, tiny_model_dir):
         result = run([*command, "--help"])
         assert result.returncode == 0 and "usage" in result.stdout.lower(), (command, result.stderr[-2000:])
 
+    # The toy world's warm start ships inside the package (the demo starts from it)
+    shipped = run(["python", "-c", "from depo_trl.toy.warm_start import *; print(read_record(SHIPPED_WARM_START))"])
+    assert shipped.returncode == 0 and "short_sampled_em" in shipped.stdout, shipped.stderr[-2000:]
+
     fixtures = os.path.join(ROOT, "tests", "fixtures")
     built = run(
         ["python", "-m", "depo_trl.data.build", "--source", "musique", "--input", f"{fixtures}/musique_sample.jsonl",

@@ -83,7 +83,7 @@ CASES = [
     (evaluation, ["--data-dir", "{dir}/a_file"], ["--data-dir", "a file, not a folder"]),
     (evaluation, ["--model", "nosuchmodel"], ["--model nosuchmodel", "not a local folder", "offline"]),
     (evaluation, ["--model", "./nosuchmodel"], ["--model ./nosuchmodel", "no such folder"]),
-    (evaluation, ["--model", "models/smollm2-135m-instruct"], ["not a local folder", "depo_trl.models.smollm2"]),
+    (evaluation, ["--model", "{dir}/smollm2-135m-instruct"], ["no such folder", "depo_trl.models.smollm2"]),
     (evaluation, ["--tasks", "squad"], ["--tasks squad", "unknown task"]),
     (evaluation, ["--max-length", "512"], ["--max-length 512", "--max-new-tokens 1024"]),
     (evaluation, ["--tasks", "longbench_qasper", "--data-dir", "{dir}"], ["--data-dir", "no qasper.jsonl", "offline"]),

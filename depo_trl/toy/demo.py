@@ -1,9 +1,9 @@
 """The toy world end to end on a CPU: `make demo` (`python -m depo_trl.toy.demo`).
 
-1. builds the toy world (seeded rows, closed-vocabulary tokenizer, a tiny Qwen2 from a config);
-2. warm-starts the model with TRL's `SFTTrainer` on short contexts (or reloads the warm start it made before);
-3. measures exact match on held-out short and long contexts, beside the chance baseline;
-4. runs DePO through `DePOTrainer` for a few minutes and measures again.
+1. loads the shipped warm start: a tiny Qwen2 trained from scratch on the toy world's short contexts
+   (`python -m depo_trl.toy.warm_start` remakes it in about 20 minutes), good on short contexts and poor on long ones;
+2. measures exact match on held-out short and long contexts, beside the chance baseline;
+3. runs DePO through `DePOTrainer` for a few minutes and measures again.
 
 Everything goes under one run directory, named at the end.
 """
@@ -19,9 +19,16 @@ from transformers import AutoModelForCausalLM
 
 from ..arms import ARMS
 from ..model_utils import load_tokenizer
-from ..user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, writable_folder
-from .training import EVAL_SEED, ToySettings, evaluate, train_arm, warm_start
-from .world import generate_rows
+from ..user_errors import (
+    ArgumentParser,
+    UsageError,
+    check_model_source,
+    positive_int,
+    reports_usage_errors,
+    writable_folder,
+)
+from .training import ToySettings, evaluate, train_arm
+from .warm_start import SHIPPED_WARM_START, read_record
 
 
 def format_results(before: dict[str, float], after: dict[str, float]) -> str:
@@ -42,28 +49,38 @@ def format_results(before: dict[str, float], after: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m depo_trl.toy.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/demo", help="Everything the demo writes goes here.")
-    parser.add_argument("--steps", type=positive_int, default=80, help="Optimizer steps of the RL phase.")
-    parser.add_argument("--minutes", type=float, default=4.0, help="Stop the RL phase earlier after this long.")
+    parser.add_argument("--steps", type=positive_int, default=300, help="Optimizer steps of the RL phase.")
+    parser.add_argument("--minutes", type=float, default=6.0, help="Stop the RL phase earlier after this long.")
     parser.add_argument("--arm", default="depo", choices=sorted(ARMS))
+    parser.add_argument(
+        "--warm-start-dir", default=SHIPPED_WARM_START, help="The model to start from (default: the shipped one)."
+    )
     args = parser.parse_args(argv)
     writable_folder("--run-dir", args.run_dir)
+    check_model_source("--warm-start-dir", args.warm_start_dir)
     if args.minutes <= 0:
         raise UsageError(f"--minutes {args.minutes}: the RL phase needs a positive time budget.")
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside transformers/TRL
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     settings = ToySettings()
     started = time.perf_counter()
-    print(
-        "1/4 Toy world: tiny Qwen2 "
-        f"(hidden {settings.hidden_size}, {settings.num_layers} layers) and a word-level tokenizer, built locally."
-    )
-    print("2/4 Warm start (SFT on short contexts)...")
-    warm_start_dir = warm_start(args.run_dir, settings)
+    warm_start_dir = args.warm_start_dir
     tokenizer = load_tokenizer(warm_start_dir)
-    eval_rows = generate_rows(settings.eval_rows, seed=EVAL_SEED)
-    before = evaluate(AutoModelForCausalLM.from_pretrained(warm_start_dir), tokenizer, eval_rows)
-    print(f"3/4 {args.arm}: {args.steps} steps through DePOTrainer (at most {args.minutes:g} minutes)...")
-    trainer, step_seconds = train_arm(
+    model = AutoModelForCausalLM.from_pretrained(warm_start_dir)
+    shipped = os.path.abspath(warm_start_dir) == SHIPPED_WARM_START
+    print(
+        f"1/3 Warm start: {'the shipped one, ' if shipped else ''}{warm_start_dir} (a tiny Qwen2, hidden "
+        f"{model.config.hidden_size}, {model.config.num_hidden_layers} layers"
+        + (
+            f", SFT on short contexts for {read_record(warm_start_dir)['settings']['steps']} steps)."
+            if shipped
+            else ")."
+        )
+    )
+    eval_rows = settings.eval_set()
+    before = evaluate(model, tokenizer, eval_rows, settings)
+    print(f"2/3 {args.arm}: {args.steps} steps through DePOTrainer (at most {args.minutes:g} minutes)...")
+    arm_run = train_arm(
         args.arm,
         warm_start_dir,
         os.path.join(args.run_dir, args.arm),
@@ -73,16 +90,18 @@ def main(argv: list[str] | None = None) -> None:
         logging_steps=10,
         log_completions=True,
     )
+    trainer, step_seconds = arm_run.trainer, arm_run.step_seconds
     trainer.save_model(os.path.join(args.run_dir, args.arm))
     trainer.save_state()
-    print("4/4 Evaluating the trained model...")
-    after = evaluate(trainer.model, tokenizer, eval_rows)
+    print("3/3 Evaluating the trained model...")
+    after = evaluate(trainer.model, tokenizer, eval_rows, settings)
     report = {
         "arm": args.arm,
         "steps": trainer.state.global_step,
         "seconds_per_step": sum(step_seconds) / max(len(step_seconds), 1),
         "before": before,
         "after": after,
+        "warm_start": os.path.abspath(warm_start_dir),
         "settings": asdict(settings),
         "total_seconds": time.perf_counter() - started,
     }

@@ -1,12 +1,14 @@
 """The toy world: seeded synthetic long-context QA small enough for a laptop CPU.
 
-Each row draws its own small world from closed name pools: people (born in a city, employed by a company) and cities
-(in a country). Documents are key-value-like passages, one entity each, so binding a fact to its entity is an easy
-pattern for a tiny transformer. Questions are 1-hop (birthplace, employer) or 2-hop (country of birth). The short
-context holds the gold documents and a few distractor documents; the long context adds many more, re-shuffled. Rows
-have the real builder's columns (`prompt`, `long_prompt`, `answer`, ...) and the same passage layout; the instruction
-lines of the real template are left out, which keeps a CPU step about 1.5x cheaper. Completions end the same way:
-"Therefore , the answer is X .".
+Each row draws its own small world from closed name pools: people, each born in a city (no two people of a row share
+one) and employed by a company. A document states one person's facts as a key-value line, `Rala Dyvmar Wextek .`
+(the person, the city, the employer). Questions ask for a person's city or employer. The completion copies its way to
+the answer, each step a copy from the context that a small transformer learns: the person, the city that follows the
+person in the documents, then (for the employer) the company that follows the city, then the answer:
+`Rala Dyvmar Wextek . Therefore , the answer is Wextek .`. The short context holds the subject's document and a few
+others; the long context holds more, re-shuffled. A model warmed up on short contexts answers them well and loses
+track as the context grows: the regime DePO is for. Rows have the real builder's columns (`prompt`, `long_prompt`,
+`answer`, ...); the instruction lines of the real template are left out, which keeps a CPU step cheap.
 
     python -m depo_trl.toy.world --output-dir data/toy --num-rows 2000
 """
@@ -18,13 +20,12 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
-from ..data.sources import Paragraph
 from ..data.template import user_messages
 from ..model_utils import build_word_level_tokenizer
-from ..user_errors import ArgumentParser, positive_int, reports_usage_errors, writable_folder
+from ..user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, writable_folder
 
 
-def _names(onsets: str, vowels: str, codas: str, count: int, seed: int) -> list[str]:
+def _names(onsets: str, vowels: str, codas: Sequence[str], count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     names: set[str] = set()
     while len(names) < count:
@@ -32,98 +33,81 @@ def _names(onsets: str, vowels: str, codas: str, count: int, seed: int) -> list[
     return sorted(names)
 
 
-PEOPLE = _names("BDFGKLMNPRSTVZ", "aeiou", ["a", "o", "i", "en", "us"], 48, seed=1)
-CITIES = _names("BCDHLMNRSTV", "aeiouy", ["ton", "via", "mar", "dor", "ix"], 32, seed=2)
-COUNTRIES = _names("ADEFGIKOPU", "aeiou", ["land", "stan", "ria", "ca"], 12, seed=3)
-COMPANIES = _names("QXZJWKV", "aeiou", ["corp", "tek", "ware", "lab"], 20, seed=4)
-ANSWER_TYPES = {"city": CITIES, "company": COMPANIES, "country": COUNTRIES}
-QUESTIONS = {
-    "born": ("Where was {person} born ?", "city"),
-    "employer": ("Who employs {person} ?", "company"),
-    "country": ("In which country was {person} born ?", "country"),
-}
-# Every other word the toy prompts and answers use.
-TEMPLATE_WORDS = (
-    "user assistant system Passage : Question Therefore , the answer is . born employer "
-    f"country {' '.join(QUESTIONS[kind][0] for kind in QUESTIONS)} " + " ".join(str(i) for i in range(1, 100))
-)
+# Disjoint pools (their endings differ), so a name says which pool it is from
+PEOPLE = _names("BDFGKLMNPRSTVZ", "aeiou", ["a", "o", "i", "en", "us"], 64, seed=1)
+CITIES = _names("BCDHLMNRSTV", "aeiouy", ["ton", "via", "mar", "dor", "ix"], 64, seed=2)
+COMPANIES = _names("QXZJWKV", "aeiou", ["corp", "tek", "ware", "lab"], 24, seed=4)
+ANSWER_TYPES = {"city": CITIES, "company": COMPANIES}
+QUESTIONS = {"born": ("Where was {person} born ?", "city"), "employer": ("Who employs {person} ?", "company")}
+# Every other word the toy prompts and answers use (the warm start's vocabulary: changing it needs a new warm start)
+TEMPLATE_WORDS = "Question : Where was born ? Who employs Therefore , the answer is . user assistant system"
+# Every person of a row has a city of their own, so a context holds at most this many documents
+MAX_DOCUMENTS = min(len(PEOPLE), len(CITIES))
 
 
 def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer over the toy world's closed vocabulary, with a ChatML chat template."""
-    return build_word_level_tokenizer([TEMPLATE_WORDS, *PEOPLE, *CITIES, *COUNTRIES, *COMPANIES])
+    return build_word_level_tokenizer([TEMPLATE_WORDS, *PEOPLE, *CITIES, *COMPANIES])
 
 
 @dataclass
 class ToyWorldConfig:
+    """Distractor documents beside the subject's own: `short_distractors` in the short context, `long_distractors`
+    (a superset) in the long one."""
+
     short_distractors: int = 3
     long_distractors: int = 24
-    two_hop_fraction: float = 0.3
+
+    def __post_init__(self):
+        if not 0 <= self.short_distractors <= self.long_distractors <= MAX_DOCUMENTS - 1:
+            raise UsageError(
+                f"short_distractors {self.short_distractors}, long_distractors {self.long_distractors}: need "
+                f"0 <= short <= long <= {MAX_DOCUMENTS - 1} (the name pools give each row {MAX_DOCUMENTS} people)."
+            )
 
 
-def render_toy_prompt(paragraphs: Sequence[Paragraph], question: str) -> str:
-    """`Passage 1 : Rala born : Dyvmar . employer : Wextek . Passage 2 : ... Question : Where was Rala born ?`"""
-    passages = " ".join(f"Passage {i} : {p.title} {p.text}" for i, p in enumerate(paragraphs, start=1))
-    return f"{passages} Question : {question}"
+def render_toy_prompt(documents: Sequence[str], question: str) -> str:
+    """`Rala Dyvmar Wextek . Vonus Bexmar Zaqcorp . Question : Who employs Rala ?`"""
+    return f"{' '.join(documents)} Question : {question}"
 
 
-def person_doc(person: str, city: str, company: str) -> Paragraph:
-    return Paragraph(person, f"born : {city} . employer : {company} .")
-
-
-def city_doc(city: str, country: str) -> Paragraph:
-    return Paragraph(city, f"country : {country} .")
-
-
-def reasoning_chain(kind: str, person: str, city: str, company: str, country: str) -> str:
-    """The target completion: the facts used, then the answer in the trained format."""
+def reasoning_chain(kind: str, person: str, city: str, company: str) -> str:
+    """The target completion: the facts copied from the subject's document, then the answer in the trained format."""
     if kind == "born":
-        steps, answer = f"{person} born : {city} .", city
-    elif kind == "employer":
-        steps, answer = f"{person} employer : {company} .", company
-    else:
-        steps, answer = f"{person} born : {city} . {city} country : {country} .", country
-    return f"{steps} Therefore , the answer is {answer} ."
+        return f"{person} {city} . Therefore , the answer is {city} ."
+    return f"{person} {city} {company} . Therefore , the answer is {company} ."
 
 
 def generate_row(index: int, seed: int, config: ToyWorldConfig | None = None) -> dict[str, Any]:
     """One toy row, a pure function of `(seed, index)` and the config (default: `ToyWorldConfig()`)."""
     config = config or ToyWorldConfig()
     rng = random.Random(f"toy:{seed}:{index}")
-    total = config.short_distractors + config.long_distractors
-    people = rng.sample(PEOPLE, min(len(PEOPLE), total + 1))
-    cities = rng.sample(CITIES, min(len(CITIES), total + 1))
-    city_of = {person: rng.choice(cities) for person in people}
+    people = rng.sample(PEOPLE, config.long_distractors + 1)
+    city_of = dict(zip(people, rng.sample(CITIES, len(people))))
     company_of = {person: rng.choice(COMPANIES) for person in people}
-    country_of = {city: rng.choice(COUNTRIES) for city in cities}
+    document = {person: f"{person} {city_of[person]} {company_of[person]} ." for person in people}
 
     subject = people[0]
-    kind = "country" if rng.random() < config.two_hop_fraction else rng.choice(["born", "employer"])
-    city, company, country = city_of[subject], company_of[subject], country_of[city_of[subject]]
-    gold = [person_doc(subject, city, company)] + ([city_doc(city, country)] if kind == "country" else [])
-
-    # Distractors: documents about other people and other cities; never one about a gold entity.
-    candidates = [person_doc(p, city_of[p], company_of[p]) for p in people[1:]]
-    candidates += [city_doc(c, country_of[c]) for c in cities if c != city]
-    rng.shuffle(candidates)
-    short = gold + candidates[: config.short_distractors]
-    long = short + candidates[config.short_distractors : total]
-    short_order, long_order = list(short), list(long)
-    rng.shuffle(short_order)
-    rng.shuffle(long_order)
+    kind = rng.choice(sorted(QUESTIONS))
+    # people[1:] is a random order already: the short context's distractors are the first few of the long one's
+    short = [document[person] for person in people[: config.short_distractors + 1]]
+    long = [document[person] for person in people]
+    rng.shuffle(short)
+    rng.shuffle(long)
 
     question_template, answer_type = QUESTIONS[kind]
     question = question_template.format(person=subject)
+    answer = city_of[subject] if kind == "born" else company_of[subject]
     return {
         "id": f"toy-{seed}-{index}",
-        "prompt": user_messages(render_toy_prompt(short_order, question)),
-        "long_prompt": user_messages(render_toy_prompt(long_order, question)),
-        "answer": [{"born": city, "employer": company, "country": country}[kind]],
+        "prompt": user_messages(render_toy_prompt(short, question)),
+        "long_prompt": user_messages(render_toy_prompt(long, question)),
+        "answer": [answer],
         "question": question,
         "question_type": kind,
         "answer_type": answer_type,
-        "gold_titles": [p.title for p in gold],
-        "solution": reasoning_chain(kind, subject, city, company, country),
+        "gold_titles": [subject],
+        "solution": reasoning_chain(kind, subject, city_of[subject], company_of[subject]),
     }
 
 
@@ -137,7 +121,7 @@ def warm_start_rows(num_rows: int, seed: int, max_distractors: int) -> list[dict
     rows = []
     for index in range(num_rows):
         distractors = random.Random(f"warm:{seed}:{index}").randint(0, max_distractors)
-        row = generate_row(index, seed, ToyWorldConfig(short_distractors=distractors, long_distractors=0))
+        row = generate_row(index, seed, ToyWorldConfig(short_distractors=distractors, long_distractors=distractors))
         rows.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row["solution"]}]})
     return rows
 
@@ -173,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     dataset = Dataset.from_list(generate_rows(args.num_rows, args.seed, config))
     DatasetDict({"train": dataset}).save_to_disk(args.output_dir)
     print(
-        f"Saved {len(dataset)} toy rows to {args.output_dir}; short-context chance EM {mean_chance_em(dataset):.3f}."
+        f"Saved {len(dataset)} toy rows to {args.output_dir}; chance EM {mean_chance_em(dataset):.3f} (short), "
+        f"{mean_chance_em(dataset, 'long'):.3f} (long)."
     )
 
 
