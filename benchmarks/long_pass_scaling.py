@@ -90,7 +90,7 @@ def long_pass(model, point: Point, completion_tokens: int, chunk_tokens: int, de
     """Forward and backward of the completion log-probs of `point.rollouts` completions under one long prompt."""
     from torch.utils.checkpoint import checkpoint
 
-    from depo_trl.long_context import SHARED_PREFIX_KWARG, pack_shared_row, plan_long_pass
+    from depo_trl.long_context import pack_shared_row, plan_long_pass, shared_row_log_probs
 
     generator = torch.Generator().manual_seed(point.prompt_tokens * 1000 + point.rollouts)
     vocab = model.config.vocab_size
@@ -110,15 +110,7 @@ def long_pass(model, point: Point, completion_tokens: int, chunk_tokens: int, de
 
     def chunk_loss(groups, *_):
         packed = pack_shared_row([(prompt, [(r, completions[r]) for r in group]) for group in groups], device)
-        log_probs = model(
-            input_ids=packed.input_ids,
-            attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
-            position_ids=packed.position_ids,
-            labels=packed.labels,
-            fused_lm_head=True,
-            **{SHARED_PREFIX_KWARG: packed.layout},
-        ).log_probs
-        return log_probs.float().sum()
+        return shared_row_log_probs(model, packed).float().sum()
 
     dummy = torch.ones((), device=device, requires_grad=True)
     losses = [

@@ -81,6 +81,7 @@ def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[
         use_cpu=True,
         bf16=False,
         disable_tqdm=True,
+        distillation_chunk_tokens=args.chunk_tokens,
         **settings,
     )
     long_pass_seconds = []
@@ -177,6 +178,13 @@ def main(argv: list[str] | None = None) -> None:
         type=positive_int,
         default=63,
         help="About 8x the short prompt (63: every person of the pools).",
+    )
+    parser.add_argument(
+        "--chunk-tokens",
+        type=positive_int,
+        default=None,
+        help="distillation_chunk_tokens (default: the library's, one prompt per forward, so a step's several forwards "
+        "are recomputed in the backward; a budget that holds the whole step's rollouts runs one forward, no recompute).",
     )
     parser.add_argument("--hidden", type=positive_int, default=128)
     parser.add_argument("--layers", type=positive_int, default=4)

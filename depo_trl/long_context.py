@@ -232,6 +232,23 @@ def pack_shared_row(
     )
 
 
+def shared_row_log_probs(model: torch.nn.Module, packed: SharedPrefixRow, **model_kwargs) -> torch.Tensor:
+    """Next-token log-probs `(1, L)` of a packed row, through TRL's fused LM head (no `[L x vocab]` logits).
+
+    The model gets a prepared 4D placeholder mask, which its mask builders return as is: the attention computes the
+    row from its layout, so no `L x L` mask (or packed-sequence detection) is made for it.
+    """
+    return model(
+        input_ids=packed.input_ids,
+        attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
+        position_ids=packed.position_ids,
+        labels=packed.labels,
+        fused_lm_head=True,
+        **model_kwargs,
+        **{SHARED_PREFIX_KWARG: packed.layout},
+    ).log_probs
+
+
 def causal_band_mask(
     queries: int, keys: int, query_offset: int, window: int | None, device: torch.device | str
 ) -> torch.Tensor:

@@ -27,7 +27,6 @@ from trl.trainer.utils import get_config_model_id, pad
 
 from .config import DePOConfig
 from .long_context import (
-    SHARED_PREFIX_KWARG,
     checkpointed_forward,
     chunk_tokens,
     install_shared_prefix_attention,
@@ -35,6 +34,7 @@ from .long_context import (
     one_prompt_budget,
     pack_shared_row,
     plan_long_pass,
+    shared_row_log_probs,
 )
 from .losses import (
     accumulated_token_normalizer,
@@ -598,19 +598,10 @@ class DePOTrainer(GRPOTrainer):
                 for group in chunk_rows
             ]
         )
+        # MoE: the load-balancing loss would read the attention mask, here a placeholder, and is not used
+        router = {"output_router_logits": False} if self._router_logits_requested else {}
         with self.accelerator.autocast():
-            log_probs = model(
-                input_ids=packed.input_ids,
-                # A prepared 4D mask, returned as is by the model's mask builders: the attention computes the row
-                # from its layout, so no L x L mask (or packed-sequence detection) is made for it
-                attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
-                position_ids=packed.position_ids,
-                labels=packed.labels,
-                fused_lm_head=True,
-                # MoE: the load-balancing loss reads the attention mask, here a placeholder, and is not used
-                **({"output_router_logits": False} if self._router_logits_requested else {}),
-                **{SHARED_PREFIX_KWARG: packed.layout},
-            ).log_probs
+            log_probs = shared_row_log_probs(model, packed, **router)
         order = {rollout: position for position, rollout in enumerate(rollouts)}
         logps = log_probs.new_zeros((len(rollouts), completion_ids.size(1)))
         target, token = packed.rollout.apply_(order.__getitem__).to(logps.device), packed.token.to(logps.device)

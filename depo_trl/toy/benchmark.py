@@ -8,7 +8,7 @@ Every run starts from the same warm start (the shipped one unless `--warm-start-
 steps, and is evaluated on the same held-out questions every `--eval-every` steps (greedy and sampled EM on short
 and long contexts; the evaluation's time is not counted and its sampling does not disturb the run). Equal steps
 compares the last points; equal wall time compares, for every run, its last point at or before the time budget, the
-training time of the fastest configuration's slowest seed. Means over seeds with 95% confidence intervals (Student's
+longest training time every run reached (the shortest run's). Means over seeds with 95% confidence intervals (Student's
 t), and per-seed paired differences against a reference configuration. Writes `results.json`, `results.md` and
 `long_em.png` (long-context EM against steps and against wall time) under `--run-dir`.
 """
@@ -201,27 +201,36 @@ def main(argv: list[str] | None = None) -> None:
             name, arm, variant, seeds, args.steps, args.eval_every, args.warm_start_dir, run_dir, start_point
         )
 
-    # Equal time: the budget every configuration completes on every seed
-    budget = min(
-        max(run["points"][-1]["seconds"] for run in runs if run["configuration"] == name) for name, *_ in chosen
-    )
+    results = {"sweep": args.sweep, "steps": args.steps, "eval_every": args.eval_every, "eval_rows": args.eval_rows}
+    results |= {"reference": reference, "warm_start": warm_starts, "runs": runs}
+    write_report(results, run_dir)
+
+
+def write_report(results: dict, run_dir: str) -> None:
+    """`results.md`, `results.json` and `long_em.png` in `run_dir` from a benchmark's runs and their points."""
+    runs, reference = results["runs"], results["reference"]
+    names = list(dict.fromkeys(run["configuration"] for run in runs))
+    seeds = sorted({run["seed"] for run in runs})
+    # Equal time: the longest training time every run reached
+    budget = results["equal_time_budget"] = min(run["points"][-1]["seconds"] for run in runs)
     report = [
-        f"Toy benchmark ({args.sweep}): {len(seeds)} seeds {seeds}, {args.eval_rows} held-out questions, "
-        f"{args.steps} optimizer steps, evaluated every {args.eval_every}. Mean ± 95% CI over seeds; * where the "
-        "paired difference's interval excludes 0.",
+        f"Toy benchmark ({results['sweep']}): {len(seeds)} seeds {seeds}, {results['eval_rows']} held-out questions, "
+        f"{results['steps']} optimizer steps, evaluated every {results['eval_every']}. Mean ± 95% CI over seeds; * "
+        "where the paired difference's interval excludes 0.",
         "",
         "| warm start | " + " | ".join(METRICS) + " | short chance | long chance |",
         "|---" * (len(METRICS) + 3) + "|",
     ]
-    for world, scores in warm_starts.items():
+    for world, scores in results["warm_start"].items():
         cells = [f"{scores[metric]:.3f}" for metric in (*METRICS, "short_chance", "long_chance")]
         report.append(f"| {world} | " + " | ".join(cells) + " |")
-    report += [""] + comparison_table(runs, lambda run: run["points"][-1], f"Equal steps ({args.steps})", reference)
+    final = f"Equal steps ({results['steps']})"
+    report += [""] + comparison_table(runs, lambda run: run["points"][-1], final, reference)
     report += [""] + comparison_table(
         runs, lambda run: point_at(run["points"], budget), f"Equal wall time ({budget:.0f} s of training)", reference
     )
     report += ["", "| configuration | s/step (median over steps, mean over seeds) |", "|---|---:|"]
-    for name, *_ in chosen:
+    for name in names:
         per_step = [run["seconds_per_step"] for run in runs if run["configuration"] == name]
         report.append(f"| {name} | {statistics.fmean(per_step):.2f} |")
     markdown = "\n".join(report) + "\n"
@@ -229,8 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(run_dir, "results.md"), "w") as handle:
         handle.write(markdown)
     with open(os.path.join(run_dir, "results.json"), "w") as handle:
-        json.dump({"warm_start": warm_starts, "equal_time_budget": budget, "runs": runs}, handle, indent=2)
-    plot(runs, next(iter(warm_starts.values())), os.path.join(run_dir, "long_em.png"))
+        json.dump(results, handle, indent=2)
+    plot(runs, next(iter(results["warm_start"].values())), os.path.join(run_dir, "long_em.png"))
     print(f"Wrote {run_dir}/results.md, results.json and long_em.png")
 
 
