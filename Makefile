@@ -59,10 +59,10 @@ toy-benchmark: install  ## the five arms x 5 seeds at toy scale, equal steps and
 	$(BIN)/python -m depo_trl.toy.benchmark --sweep arms
 
 toy-benchmark-length: install  ## DePO and RL-on-long at 15 / 30 / 60 long-context distractors
-	$(BIN)/python -m depo_trl.toy.benchmark --sweep length
+	$(BIN)/python -m depo_trl.toy.benchmark --sweep length --steps 40
 
 toy-benchmark-lambda: install  ## DePO at distillation weights 0 / 0.25 / 0.5 / 1 / 2
-	$(BIN)/python -m depo_trl.toy.benchmark --sweep lambda
+	$(BIN)/python -m depo_trl.toy.benchmark --sweep lambda --steps 40
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
