@@ -21,6 +21,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..model_utils import build_tiny_qwen2, save_model_and_tokenizer
 from ..user_errors import ArgumentParser, reports_usage_errors, writable_folder
+from .training import ToySettings, evaluate_model
 from .world import build_toy_tokenizer, warm_start_rows
 
 
@@ -51,8 +52,6 @@ class WarmStartSettings:
 def train_warm_start(output_dir: str, settings: WarmStartSettings, show_progress: bool = True) -> dict:
     """SFT a fresh tiny model on short-context reasoning chains, save it with its tokenizer to `output_dir`, and
     record the settings, the wall time and the held-out EM it reaches in `output_dir/warm_start.json`."""
-    from .training import ToySettings, evaluate_model
-
     started = time.perf_counter()
     tokenizer = build_toy_tokenizer()
     model = build_tiny_qwen2(
