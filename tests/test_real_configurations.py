@@ -13,9 +13,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOTrainer
 
+from depo_trl.evaluation.generation import generate_completions
 from depo_trl.evaluation.runner import EvalSettings
 from depo_trl.evaluation.tasks import truncate_middle
-from depo_trl.generation import generate_completions
 from depo_trl.model_utils import build_tiny_qwen2, load_tokenizer
 
 from .conftest import make_rows

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..generation import generate_completions
+from .generation import generate_completions
 from .tasks import GREEDY, Decoding
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from ..arms import ARMS
 from ..config import DePOConfig
-from ..generation import generate_completions
+from ..evaluation.generation import generate_completions
 from ..model_utils import load_tokenizer
 from ..rewards import em_reward, exact_match_score, extract_answer
 from ..trainer import DePOTrainer
