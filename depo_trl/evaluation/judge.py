@@ -5,8 +5,9 @@ Requests run concurrently in a bounded pool; connection errors, timeouts, HTTP 4
 exponential backoff; every reply is cached on disk, keyed by (judge model, prompt), so an interrupted study resumes
 without asking (or paying) twice. A reply without a readable verdict is counted as malformed, never guessed.
 
-The prompt and its three criteria are ours, written for this project: the paper's own (appendix C.4) could not be
-consulted. Its setup (a pair of answers, three criteria, both presentation orders averaged) follows the paper.
+The judge compares formal linguistic quality only, along the three dimensions of the paper's judge (appendix C.4):
+grammar and correctness, fluency and naturalness, structure and logic. The prompt's wording is this project's, not the
+paper's; its setup (a pair of answers, both presentation orders averaged) follows the paper.
 """
 
 import hashlib
@@ -29,13 +30,16 @@ from ..user_errors import UsageError
 
 
 API_KEY_VARIABLES = ("DEPO_JUDGE_API_KEY", "OPENAI_API_KEY")  # the first one set is sent as the bearer token
-CRITERIA = ("Fluency", "Coherence", "Relevance")
-JUDGE_PROMPT = """You are comparing the linguistic quality of two answers to the same question. Judge the writing \
-only, not whether the final answer is factually right, on three criteria:
+CRITERIA = ("Grammar and correctness", "Fluency and naturalness", "Structure and logic")
+JUDGE_PROMPT = """You are comparing two answers to the same question on the quality of their written language alone. \
+Do not judge whether an answer is factually right, complete or on topic: judge only how well it is written, along \
+three dimensions:
 
-1. Fluency: grammatical, natural sentences, without garbled or broken text.
-2. Coherence: the answer is logically organised and consistent, without repetition, contradiction or drift.
-3. Relevance: the answer addresses the question that was asked and stays on it.
+1. Grammar and correctness: spelling, punctuation and syntax are right, words are chosen precisely, and the text \
+follows the conventions of standard written English.
+2. Fluency and naturalness: the text reads easily and flows from one sentence to the next, without awkward, \
+unnatural or redundant phrasing.
+3. Structure and logic: the text is well organised, and its chain of argument is clear and consistent with itself.
 
 The order in which the answers are shown and their length must not affect your judgement.
 
@@ -48,7 +52,7 @@ The order in which the answers are shown and their length must not affect your j
 [Answer B]
 {answer_b}
 
-Compare the two answers briefly on each criterion, then end with one line that is exactly "Verdict: A", \
+Compare the two answers briefly on each dimension, then end with one line that is exactly "Verdict: A", \
 "Verdict: B" or "Verdict: tie"."""
 _VERDICT_LINE = re.compile(r"^\W*verdict\W*:\W*(a|b|tie)\W*$", re.IGNORECASE)
 # How a verdict scores the answer shown as A (the one shown as B scores 1 minus this)
