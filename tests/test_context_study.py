@@ -182,7 +182,8 @@ def test_study_end_to_end_writes_curves_heat_map_and_resumes(musique_model_dir, 
     assert scores["context_study_f1"] == dict(zip(["0.5K", "1K"], study["f1"]))
     assert scores["context_study_latency_s"] == dict(zip(["0.5K", "1K"], study["latency_s"]))
     table = (output / "results.md").read_text()
-    assert "Context-length study (MuSiQue), F1 x100 by prompt length:" in table and "| Model | 0.5K | 1K |" in table
+    assert "Context-length study (MuSiQue), F1 x100 by prompt length (lenient reading):" in table
+    assert "| Model | 0.5K | 1K |" in table
     assert (output / "context_study.png").stat().st_size > 0
 
     def no_generation(*args, **kwargs):

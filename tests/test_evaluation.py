@@ -8,8 +8,9 @@ import pytest
 from depo_trl.data.builder import ContextBuilder
 from depo_trl.data.template import render_prompt
 from depo_trl.evaluation.__main__ import main as evaluation_main
-from depo_trl.evaluation.runner import parse_tasks, score_prediction, task_metrics
-from depo_trl.evaluation.tasks import build_prompt, load_ruler, moderate_examples, truncate_middle
+from depo_trl.evaluation.runner import parse_tasks
+from depo_trl.evaluation.scoring import longbench_lenient, template_lenient
+from depo_trl.evaluation.tasks import TASKS, load_ruler, moderate_examples, truncate_middle
 from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
 
 
@@ -18,24 +19,31 @@ LONGBENCH_DIR = os.path.join(FIXTURES, "longbench")
 
 
 @pytest.mark.parametrize(
-    ("raw", "answers", "style", "pred", "f1", "em"),
+    ("raw", "answers", "scorer", "pred", "f1", "em"),
     [
-        ("Therefore, the answer is The Eiffel Tower.", ["Eiffel Tower"], "depo", "The Eiffel Tower", 100.0, 100.0),
+        (
+            "Therefore, the answer is The Eiffel Tower.",
+            ["Eiffel Tower"],
+            template_lenient,
+            "The Eiffel Tower",
+            100,
+            100,
+        ),
         # "new york city" vs "new york": precision 2/3, recall 1 -> F1 0.8
-        ("so the answer is New York City", ["New York"], "depo", "New York City", 80.0, 0.0),
+        ("so the answer is New York City", ["New York"], template_lenient, "New York City", 80.0, 0.0),
         # max over gold answers: "tomas" matches the second answer exactly
-        ("the answer is Tomas.", ["her brother Tomas", "Tomas"], "depo", "Tomas", 100.0, 100.0),
-        ("", ["anything"], "depo", "", 0.0, 0.0),
+        ("the answer is Tomas.", ["her brother Tomas", "Tomas"], template_lenient, "Tomas", 100.0, 100.0),
+        ("", ["anything"], template_lenient, "", 0.0, 0.0),
         # LongBench prompts are answered directly: the first line is the prediction, punctuation and case ignored
-        ("Zürich!\nIt is in Switzerland.", ["zürich"], "longbench", "Zürich!", 100.0, 100.0),
-        ("a cat, an owl", ["the owl"], "longbench", "a cat, an owl", 2 * 0.5 * 1 / 1.5 * 100, 0.0),
+        ("Zürich!\nIt is in Switzerland.", ["zürich"], longbench_lenient, "Zürich!", 100.0, 100.0),
+        ("a cat, an owl", ["the owl"], longbench_lenient, "a cat, an owl", 2 * 0.5 * 1 / 1.5 * 100, 0.0),
     ],
 )
-def test_scoring_by_hand(raw, answers, style, pred, f1, em):
-    got_pred, got_f1, got_em = score_prediction(raw, answers, style)
-    assert got_pred == pred
-    assert got_f1 == pytest.approx(f1)
-    assert got_em == em
+def test_lenient_scoring_by_hand(raw, answers, scorer, pred, f1, em):
+    score = scorer(raw, answers)
+    assert score.pred == pred
+    assert score.metrics["f1"] == pytest.approx(f1)
+    assert score.metrics["em"] == em
 
 
 def test_task_groups_and_errors():
@@ -70,12 +78,11 @@ def test_truncate_middle_keeps_both_ends(eval_model_dir):
     assert truncate_middle(text, tokenizer, 100) == (text, 10)
 
 
-@pytest.mark.parametrize("task", ["ruler_qa_4k", "ruler_qa_8k"])
-def test_ruler_builder_invariants(eval_model_dir, task):
+@pytest.mark.parametrize("target", [4096, 8192])
+def test_ruler_builder_invariants(eval_model_dir, target):
     tokenizer = load_tokenizer(eval_model_dir)
-    target = {"ruler_qa_4k": 4096, "ruler_qa_8k": 8192}[task]
-    first = load_ruler(task, FIXTURES, tokenizer)
-    assert [e.context for e in first] == [e.context for e in load_ruler(task, FIXTURES, tokenizer)]
+    first = load_ruler(target, FIXTURES, tokenizer)
+    assert [e.context for e in first] == [e.context for e in load_ruler(target, FIXTURES, tokenizer)]
     gold = {e.id: e.gold for e in moderate_examples("hotpotqa", FIXTURES)}
     for example in first:
         assert all(f"{p.title}\n{p.text}" in example.context for p in gold[example.id])
@@ -90,9 +97,9 @@ def test_evaluation_prompts_are_the_training_prompts(eval_model_dir):
     tokenizer = load_tokenizer(eval_model_dir)
     examples = moderate_examples("hotpotqa", FIXTURES)
     builder = ContextBuilder(tokenizer, examples, short_budget=4096, long_budget=4096, seed=0)
-    for evaluated in load_ruler("ruler_qa_4k", FIXTURES, tokenizer)[:3]:
+    for evaluated in TASKS["ruler_qa_4k"].load(FIXTURES, tokenizer)[:3]:
         row = builder.build_row(next(e for e in examples if e.id == evaluated.id))
-        assert build_prompt("ruler_qa_4k", evaluated, "depo") == row["prompt"][0]["content"]
+        assert TASKS["ruler_qa_4k"].prompt(evaluated, "depo") == row["prompt"][0]["content"]
 
 
 def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, monkeypatch):
@@ -115,10 +122,11 @@ def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, mo
     for task in parse_tasks("all"):
         rows = [json.loads(line) for line in (folder / f"{task}.jsonl").read_text().splitlines()]
         assert len(rows) == 2, task
-        assert set(rows[0]) == {"id", "prompt_tokens", "raw", "pred", "answers", *task_metrics(task)}
+        assert set(rows[0]) == {"id", "prompt_tokens", "raw", "answers", "official", "lenient"}
+        assert set(rows[0]["lenient"]) == {"pred", *TASKS[task].metrics}
         assert all(row["prompt_tokens"] <= 4096 for row in rows)
     scores = json.loads((folder / "scores.json").read_text())
-    assert scores["longbench_qasper"]["count"] == 2 and "avg" in scores
+    assert scores["longbench_qasper"]["outputs"] == 2 and "avg" in scores
     table = (output / "results.md").read_text()
     assert "| Model | DocMath | Frames | 2Wiki | HotpotQA | MuSiQue | LB-2Wiki" in table and model_name in table
     assert (output / "ruler_qa.png").stat().st_size > 0

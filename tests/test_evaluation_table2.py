@@ -11,17 +11,9 @@ from depo_trl.data.template import render_prompt
 from depo_trl.evaluation.__main__ import main as evaluation_main
 from depo_trl.evaluation.backends import HFBackend
 from depo_trl.evaluation.frames import article_title, with_articles
-from depo_trl.evaluation.runner import TABLE_COLUMNS, parse_tasks, results_table, score_answer
+from depo_trl.evaluation.runner import TABLE2_COLUMNS, parse_tasks, results_table
 from depo_trl.evaluation.scoring import docmath_correct, extract_choice
-from depo_trl.evaluation.tasks import (
-    Decoding,
-    build_prompt,
-    default_max_new_tokens,
-    load_docmath,
-    load_frames,
-    load_longbench_v2,
-    task_decoding,
-)
+from depo_trl.evaluation.tasks import TASKS, Decoding, load_docmath, load_frames, load_longbench_v2
 from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
 from depo_trl.user_errors import UsageError
 
@@ -80,8 +72,11 @@ def test_docmath_near_misses_score_0(answer, gold):
 
 def test_docmath_scores_the_extracted_answer():
     raw = "Revenue rose from $1,000 to $1,125.\n\nTherefore, the answer is **12.5%**."
-    assert score_answer("docmath", raw, ["12.5"], "depo") == ("12.5%", {"accuracy": 100.0})
-    assert score_answer("docmath", raw, ["12.0"], "longbench") == ("12.5%", {"accuracy": 0.0})
+    for mode in ("official", "lenient"):
+        assert TASKS["docmath"].score(mode, raw, ["12.5"], "depo").metrics == {"accuracy": 100.0}
+        assert TASKS["docmath"].score(mode, raw, ["12.0"], "longbench").metrics == {"accuracy": 0.0}
+    assert TASKS["docmath"].score("lenient", raw, ["12.5"], "depo").pred == "12.5%"
+    assert TASKS["docmath"].score("official", raw, ["12.5"], "depo").pred == "12.5"  # QwenLong-L1 reads digits only
 
 
 @pytest.mark.parametrize(
@@ -90,15 +85,18 @@ def test_docmath_scores_the_extracted_answer():
         ("Kesh lies on it. Therefore, the answer is The Pellan Sea.", "The Pellan Sea", "depo", "The Pellan Sea", 100),
         # "pellan sea coast" vs "pellan sea": precision 2/3, recall 1 -> F1 0.8
         ("Therefore, the answer is the Pellan Sea coast", "The Pellan Sea", "depo", "the Pellan Sea coast", 80),
-        # Frames keeps QwenLong-L1's prompt under --prompt-style longbench, so its answer is still extracted
-        ("It flows on.\nTherefore, the answer is 38 years.", "38", "longbench", "38 years", 2 * 0.5 / 1.5 * 100),
+        # Frames keeps QwenLong-L1's prompt under --prompt-style longbench, so its answer is still extracted; "38
+        # years" vs "38": precision 1/2, recall 1 -> F1 2/3, which QwenLong-L1 rounds to 0.67
+        ("It flows on.\nTherefore, the answer is 38 years.", "38", "longbench", "38 years", (66.67, 67.0)),
         ("Therefore, the answer is the Baltic Sea.", "The Pellan Sea", "depo", "the Baltic Sea", 50),
     ],
 )
 def test_frames_f1_by_hand(raw, gold, prompt_style, pred, f1):
-    got_pred, metrics = score_answer("frames", raw, [gold], prompt_style)
-    assert got_pred == pred
-    assert metrics["f1"] == pytest.approx(f1)
+    lenient_f1, official_f1 = f1 if isinstance(f1, tuple) else (f1, f1)
+    for mode, expected in (("lenient", lenient_f1), ("official", official_f1)):  # one line after the marker
+        score = TASKS["frames"].score(mode, raw, [gold], prompt_style)
+        assert score.pred == pred
+        assert score.metrics["f1"] == pytest.approx(expected, abs=0.005)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +111,10 @@ def test_frames_f1_by_hand(raw, gold, prompt_style, pred, f1):
         ("The answer choice is [D].", "D"),
         ("The answer is option A, since the log says so.", "A"),
         ("Option A is wrong and B too. The correct answer is C.", "C"),  # the answer statement, not the options
+        # The first statement: what follows it is explanation (an "answer A" without "is" states nothing)
+        ("The correct answer is (B). The answer A is wrong because the log says so.", "B"),
+        ("The correct answer is (B), not answer (D).", "B"),
+        ("The correct answer is (C).\n\nExplanation: the answer is not (A), since ...", "C"),
         ("<think>the answer is A</think>The correct answer is (D)", "D"),
         ("\\boxed{C}", "C"),
         ("B", "B"),
@@ -126,10 +128,10 @@ def test_frames_f1_by_hand(raw, gold, prompt_style, pred, f1):
         ("", None),
     ],
 )
-def test_longbench_v2_option_parsing(raw, choice):
+def test_longbench_v2_lenient_option_parsing(raw, choice):
     assert extract_choice(raw) == choice
-    pred, metrics = score_answer("longbench_v2", raw, ["B"], "longbench")
-    assert pred == choice and metrics == {"accuracy": 100.0 if choice == "B" else 0.0}
+    score = TASKS["longbench_v2"].score("lenient", raw, ["B"], "longbench")
+    assert score.pred == choice and score.metrics == {"accuracy": 100.0 if choice == "B" else 0.0}
 
 
 def test_docmath_loader_subsets_and_qwenlong_test_questions(tmp_path):
@@ -166,36 +168,44 @@ def test_prompts_and_answer_budgets():
         'Format your response as follows: "Therefore, the answer is (insert answer here)".'
     )
     for style in ("depo", "longbench"):
-        assert build_prompt("docmath", docmath, style) == qwenlong.format(doc=docmath.context, q=docmath.question)
-        assert default_max_new_tokens("docmath", style) == default_max_new_tokens("frames", style) == 1024
+        assert TASKS["docmath"].prompt(docmath, style) == qwenlong.format(doc=docmath.context, q=docmath.question)
+        assert TASKS["docmath"].max_new_tokens(style) == TASKS["frames"].max_new_tokens(style) == 1024
     v2 = load_longbench_v2(LONGBENCH_V2_DIR)[0]
-    own = build_prompt("longbench_v2", v2, "longbench")  # LongBench v2's prompts/0shot.txt
-    assert own.endswith(
-        f"</text>\n\nWhat is the correct answer to this question: {v2.question}\n\n"
-        'Format your response as follows: "The correct answer is (insert answer here)".'
-    )
-    assert build_prompt("longbench_v2", v2, "depo") == render_prompt(v2.context, v2.question)
-    assert default_max_new_tokens("longbench_v2", "longbench") == 128
+    for style in ("depo", "longbench"):  # LongBench v2's prompts/0shot.txt: the only format its pred.py reads
+        assert TASKS["longbench_v2"].prompt(v2, style) == (
+            "Please read the following text and answer the question below.\n\n<text>\n"
+            f"{v2.context}\n</text>\n\nWhat is the correct answer to this question: {v2.question}\n\n"
+            'Format your response as follows: "The correct answer is (insert answer here)".'
+        )
+        assert TASKS["longbench_v2"].max_new_tokens(style) == 128
+    hotpotqa = TASKS["longbench_hotpotqa"]
+    assert hotpotqa.max_new_tokens("longbench") == 32 and hotpotqa.max_new_tokens("depo") == 1024
+    assert hotpotqa.prompt(v2, "depo") == render_prompt(v2.context, v2.question)
 
 
 def test_groups_decoding_and_table_layout():
-    assert parse_tasks("table2") == list(TABLE_COLUMNS)
-    assert list(TABLE_COLUMNS.values()) == [
+    assert parse_tasks("table2") == TABLE2_COLUMNS
+    assert [TASKS[task].label for task in TABLE2_COLUMNS] == [
         "DocMath", "Frames", "2Wiki", "HotpotQA", "MuSiQue",
         "LB-2Wiki", "LB-HotpotQA", "LB-MuSiQue", "NarrativeQA", "Qasper",
     ]  # fmt: skip
     assert "longbench_v2" in parse_tasks("all") and "longbench_v2" not in parse_tasks("table2")
-    assert task_decoding("longbench_v2") == Decoding(temperature=0.1, seed=0)
-    assert task_decoding("docmath").as_record() == {"do_sample": False}
-    scores = {task: {"f1": 50.0, "em": 40.0, "count": 1} for task in TABLE_COLUMNS}
+    assert TASKS["longbench_v2"].decoding == Decoding(temperature=0.1, seed=0)
+    assert TASKS["docmath"].decoding.as_record() == {"do_sample": False}
+    scores = {task: {"f1": 50.0, "em": 40.0, "count": 1} for task in TABLE2_COLUMNS}
     scores["docmath"] = {"accuracy": 20.0, "count": 1}
     scores |= {"avg": 47.0, "longbench_v2": {"accuracy": 33.33, "unparsed": 1, "count": 3}}
     table = results_table({"model": scores})
+    assert table.startswith("Scoring: each benchmark's official evaluation code (--scoring official). DocMath")
     assert "| model | 20.00 | " + " | ".join(["50.00"] * 9) + " | 47.00 |" in table
     assert "| model | 33.33 | 1 | 3 |" in table
     only_v2 = results_table({"model": scores, "other": {"longbench_v2": {"accuracy": 0.0, "unparsed": 0, "count": 1}}})
     assert "| other | - |" not in only_v2 and "| other | 0.00 | 0 | 1 |" in only_v2
     assert "DocMath" not in results_table({"other": {"longbench_v2": {"accuracy": 0.0, "unparsed": 0, "count": 1}}})
+    # A model last scored in the lenient mode is marked as such
+    mixed = results_table({"model": scores, "lenient-model": scores | {"scoring": "lenient"}})
+    assert "rows marked (lenient): the project's lenient reading" in mixed
+    assert "| lenient-model (lenient) | 20.00 |" in mixed and "| model | 20.00 |" in mixed
 
 
 def test_frames_preparation_without_network():
@@ -257,17 +267,23 @@ def test_end_to_end_table2_and_longbench_v2_then_nothing_new(table2_model_dir, t
         rows = [json.loads(line) for line in (folder / f"{task}.jsonl").read_text().splitlines()]
         assert len(rows) == 2, task
         metrics = {"accuracy"} if task in ("docmath", "longbench_v2") else {"f1", "em"}
-        assert set(rows[0]) == {"id", "prompt_tokens", "raw", "pred", "answers", *metrics}, task
+        assert set(rows[0]) == {"id", "prompt_tokens", "raw", "answers", "official", "lenient"}, task
+        assert set(rows[0]["lenient"]) == {"pred", *metrics}, task
     scores = json.loads((folder / "scores.json").read_text())
+    assert scores["scoring"] == "official"
     assert scores["longbench_v2"]["decoding"] == {"do_sample": True, "temperature": 0.1, "seed": 0}
     assert scores["docmath"]["decoding"] == scores["frames"]["decoding"] == {"do_sample": False}
-    assert (
-        scores["longbench_v2"]["unparsed"]
-        + sum(
-            json.loads(line)["pred"] is not None for line in (folder / "longbench_v2.jsonl").read_text().splitlines()
-        )
-        == scores["longbench_v2"]["count"]
-    )
+    assert scores["docmath"]["official_code"].endswith("eval/docmath.py")
+    assert scores["longbench_v2"]["official_code"].endswith("pred.py")
+    for task in tasks:
+        rows = [json.loads(line) for line in (folder / f"{task}.jsonl").read_text().splitlines()]
+        official = [row["official"] for row in rows if row["official"] is not None]
+        metric = TASKS[task].metric
+        assert scores[task]["count"] == len(official) and scores[task]["outputs"] == 2, task
+        assert scores[task]["empty_outputs"] == sum(row["raw"] == "" for row in rows), task
+        assert scores[task]["unparsed"] == sum(record["pred"] is None for record in official), task
+        assert scores[task][metric] == scores[task]["official"][metric], task
+        assert scores[task]["lenient"][metric] == pytest.approx(sum(row["lenient"][metric] for row in rows) / 2)
     headline = [scores["docmath"]["accuracy"], *(scores[task]["f1"] for task in tasks[1:10])]
     assert scores["avg"] == pytest.approx(sum(headline) / 10, abs=0.01)
     table = (output / "results.md").read_text()
@@ -282,6 +298,59 @@ def test_end_to_end_table2_and_longbench_v2_then_nothing_new(table2_model_dir, t
     evaluation_main(argv)
     assert {task: (folder / f"{task}.jsonl").read_text() for task in tasks} == before
     assert json.loads((folder / "scores.json").read_text()) == scores
+
+    # Another scoring mode re-scores the predictions on disk: nothing generated, the files untouched
+    evaluation_main([*argv, "--scoring", "lenient"])
+    assert {task: (folder / f"{task}.jsonl").read_text() for task in tasks} == before
+    lenient = json.loads((folder / "scores.json").read_text())
+    assert lenient["scoring"] == "lenient"
+    for task in tasks:
+        assert {key: lenient[task][key] for key in lenient[task]["lenient"]} == scores[task]["lenient"], task
+    headline = [lenient["docmath"]["accuracy"], *(lenient[task]["f1"] for task in tasks[1:10])]
+    assert lenient["avg"] == pytest.approx(sum(headline) / 10, abs=0.01)
+    assert f"| {os.path.basename(table2_model_dir)} (lenient) |" in (output / "results.md").read_text()
+
+
+def test_predictions_from_before_the_scoring_modes_are_rescored_not_regenerated(
+    table2_model_dir, tmp_path, monkeypatch
+):
+    """Rows in the old layout (`pred`, `accuracy`) get both readings from their raw output, without generation."""
+    model_folder = tmp_path / "eval" / os.path.basename(table2_model_dir)
+    model_folder.mkdir(parents=True)
+    raws = {  # the fixture's gold letters are B, C, A
+        "lbv2-written-0001": "The correct answer is (B). The answer A is wrong because the log says so.",
+        "lbv2-written-0002": "the correct answer is (C)",  # pred.py matches "The correct answer is" as written
+        "lbv2-written-0003": "",  # pred.py does not write an empty output
+    }
+    old_rows = [
+        {"id": key, "prompt_tokens": 10, "raw": raw, "pred": "A", "answers": [gold], "accuracy": 0.0}
+        for (key, raw), gold in zip(raws.items(), "BCA")
+    ]
+    (model_folder / "longbench_v2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in old_rows))
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("rows on disk must not be generated again")
+
+    monkeypatch.setattr("depo_trl.evaluation.runner.make_backend", no_generation)
+    evaluation_main([
+        "--model", table2_model_dir, "--tasks", "longbench_v2", "--backend", "hf", "--output-dir",
+        str(tmp_path / "eval"), "--data-dir", LONGBENCH_V2_DIR,
+    ])  # fmt: skip
+    rows = [json.loads(line) for line in (model_folder / "longbench_v2.jsonl").read_text().splitlines()]
+    assert [row["official"] for row in rows] == [
+        {"pred": "B", "accuracy": 100.0},
+        {"pred": None, "accuracy": 0.0},
+        None,
+    ]
+    assert [row["lenient"] for row in rows] == [
+        {"pred": "B", "accuracy": 100.0},
+        {"pred": "C", "accuracy": 100.0},
+        {"pred": None, "accuracy": 0.0},
+    ]
+    v2 = json.loads((model_folder / "scores.json").read_text())["longbench_v2"]
+    assert v2["official"] == {"accuracy": 50.0, "count": 2, "unparsed": 1}  # the empty output left out
+    assert v2["lenient"] == {"accuracy": 66.67, "count": 3, "unparsed": 1}
+    assert v2["accuracy"] == 50.0 and v2["outputs"] == 3 and v2["empty_outputs"] == 1
 
 
 def test_a_missing_frames_file_is_one_line_naming_data_dir(table2_model_dir, tmp_path, capsys):

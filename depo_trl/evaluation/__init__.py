@@ -4,20 +4,25 @@
         --max-length 32768 --output-dir eval
 """
 
-from .runner import EvalSettings, evaluate_model, parse_tasks, results_table, run, score_prediction
-from .tasks import ALL_TASKS, EvalExample, build_prompt, load_task, truncate_middle
+from .runner import EvalSettings, evaluate_model, parse_tasks, results_table, run
+from .scoring import SCORING_MODES, Score, ScoringRules
+from .tasks import ALL_TASKS, TASKS, EvalExample, EvalTask, PromptFormat, get_task, truncate_middle
 
 
 __all__ = [
     "ALL_TASKS",
+    "SCORING_MODES",
+    "TASKS",
     "EvalExample",
     "EvalSettings",
-    "build_prompt",
+    "EvalTask",
+    "PromptFormat",
+    "Score",
+    "ScoringRules",
     "evaluate_model",
-    "load_task",
+    "get_task",
     "parse_tasks",
     "results_table",
     "run",
-    "score_prediction",
     "truncate_middle",
 ]

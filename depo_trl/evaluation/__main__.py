@@ -9,6 +9,8 @@ from ..user_errors import (
     writable_folder,
 )
 from .runner import EvalSettings, parse_tasks, run
+from .scoring import SCORING_MODES
+from .tasks import PROMPT_STYLES
 
 
 @reports_usage_errors("python -m depo_trl.evaluation")
@@ -38,10 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--prompt-style",
-        choices=["depo", "longbench"],
+        choices=list(PROMPT_STYLES),
         default="depo",
-        help="'depo': the training template (ends with 'Therefore, the answer is'); 'longbench': "
-        "LongBench's own prompts.",
+        help="'depo': the training template (ends with 'Therefore, the answer is'); 'longbench': LongBench's own "
+        "prompts. DocMath, Frames and LongBench v2 are asked one way whatever this says.",
+    )
+    parser.add_argument(
+        "--scoring",
+        choices=list(SCORING_MODES),
+        default="official",
+        help="The scores results.md shows: 'official' (each benchmark's own evaluation code, comparable with "
+        "published numbers) or 'lenient' (the training rewards' reading). Both are in scores.json; switching "
+        "re-scores the predictions on disk without generating.",
     )
     parser.add_argument(
         "--max-new-tokens", type=positive_int, default=None, help="Default: 1024 (depo) or LongBench's."
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         prompt_style=args.prompt_style,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        scoring=args.scoring,
     )
     run(args.model, settings)
     with open(f"{args.output_dir}/results.md") as handle:

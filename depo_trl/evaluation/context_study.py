@@ -7,7 +7,7 @@ sampling latency per length, and a pairwise judge of the answers' linguistic qua
 
 Each question's context at each length is built by the training data's builder (gold paragraphs, then the question's
 own hard negatives, then other questions' paragraphs, up to the length in tokens of the rendered chat prompt), asked
-in the training template and answered greedily. Latency is the wall time of one generate call per question (batch
+in the training template, answered greedily and scored in the lenient reading (`scoring.template_lenient`). Latency is the wall time of one generate call per question (batch
 size 1: the prefill and decoding of one answer), averaged over the questions; one untimed call warms the backend up
 first. The judge (`depo_trl.evaluation.judge`) compares each question's answers at every pair of lengths.
 
@@ -43,7 +43,8 @@ from ..user_errors import (
 )
 from .backends import make_backend
 from .judge import API_KEY_VARIABLES, CRITERIA, JudgeCache, JudgeClient, compare_lengths
-from .runner import _read_predictions, merge_scores, model_folder_name, score_prediction, write_results
+from .runner import _read_predictions, merge_scores, model_folder_name, write_results
+from .scoring import template_lenient
 from .tasks import TEMPLATE_MAX_NEW_TOKENS, moderate_examples
 
 
@@ -113,9 +114,10 @@ def timed_answer(backend, question: StudyQuestion, index: int, max_new_tokens: i
     start = time.perf_counter()
     raw = backend.generate([conversation], max_new_tokens, desc=desc)[0]
     latency = time.perf_counter() - start
-    pred, f1, em = score_prediction(raw, question.example.answers, "depo")
-    row = {"id": question.example.id, "prompt_tokens": question.tokens[index], "raw": raw, "pred": pred}
-    return row | {"answers": question.example.answers, "f1": f1, "em": em, "latency_s": round(latency, 4)}
+    # The lenient reading (the training rewards'): no official code produced the paper's Fig. 1
+    score = template_lenient(raw, question.example.answers)
+    row = {"id": question.example.id, "prompt_tokens": question.tokens[index], "raw": raw, "pred": score.pred}
+    return row | {"answers": question.example.answers, **score.metrics, "latency_s": round(latency, 4)}
 
 
 @dataclass
@@ -191,7 +193,7 @@ def study_model(model: str, examples: Sequence[QAExample], settings: StudySettin
         )
         study["judge"] = {
             "model": settings.judge.model,
-            "prompt": "ours (depo_trl/evaluation/judge.py), not the paper's verbatim wording",
+            "prompt": "the paper's criteria (appendix C.4) in this project's words (depo_trl/evaluation/judge.py)",
             "criteria": list(CRITERIA),
             "win_rate": pairwise.win_rate,
             "judged": pairwise.judged,

@@ -1,9 +1,17 @@
-"""Run tasks for one or more models, score them the LongBench way, and write paper-style tables.
+"""Run tasks for one or more models, score them, and write paper-style tables.
 
-Layout under `--output-dir`: one folder per model with `<task>.jsonl` predictions (`id, prompt_tokens, raw, pred,
-answers`, then `f1, em`, or `accuracy` for DocMath and LongBench v2) and `scores.json` (each task's means, count and
-decoding); at the top, `results.md` (Table 2's 10 columns and Avg., LongBench v2, RULER-QA by length) and
-`ruler_qa.png`. Predictions already on disk are not generated again.
+Layout under `--output-dir`: one folder per model with `<task>.jsonl` predictions and `scores.json`; at the top,
+`results.md` (Table 2's 10 columns and Avg., LongBench v2, RULER-QA by length) and `ruler_qa.png`.
+
+A prediction row holds `id, prompt_tokens, raw, answers`, then its reading in each scoring mode (`official`,
+`lenient`; see `scoring.py`): `{pred, f1, em}` or `{pred, accuracy}`, or null where the official code leaves the
+output out. Predictions already on disk are not generated again, and every row is scored again from its raw output at
+the end of each run (the file is rewritten only if a score changed), so a change of `--scoring` or of the scoring
+rules costs no generation.
+
+`scores.json` holds, per task, both modes' means and counts, the `--scoring` mode's numbers at the top level (what
+`results.md` shows), the number of outputs and of empty ones, the official code the `official` mode follows, and the
+decoding.
 """
 
 import json
@@ -13,47 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..model_utils import load_tokenizer
-from ..rewards import exact_match_score, extract_answer, f1_score
 from ..user_errors import UsageError, hub_failure
 from .backends import make_backend
-from .scoring import docmath_correct, extract_choice
-from .tasks import (
-    ALL_TASKS,
-    LONGBENCH_TASKS,
-    LONGBENCH_V2,
-    RULER_TASKS,
-    TABLE2_MODERATE,
-    TASK_GROUPS,
-    build_prompt,
-    default_max_new_tokens,
-    load_task,
-    task_decoding,
-    task_prompt_style,
-    truncate_middle,
-)
+from .scoring import SCORING_MODES
+from .tasks import ALL_TASKS, PROMPT_STYLES, TASK_GROUPS, TASKS, EvalTask, get_task, truncate_middle
 
 
-# Table 2's columns, in its order
-TABLE_COLUMNS = {
-    "docmath": "DocMath",
-    "frames": "Frames",
-    "2wikimqa": "2Wiki",
-    "hotpotqa": "HotpotQA",
-    "musique": "MuSiQue",
-    "longbench_2wikimqa": "LB-2Wiki",
-    "longbench_hotpotqa": "LB-HotpotQA",
-    "longbench_musique": "LB-MuSiQue",
-    "longbench_narrativeqa": "NarrativeQA",
-    "longbench_qasper": "Qasper",
-}
-ACCURACY_TASKS = ("docmath", LONGBENCH_V2)  # scored by accuracy; every other task by F1 and EM
+TABLE2_COLUMNS = TASK_GROUPS["table2"]  # in Table 2's order
 GENERATION_CHUNK = 64  # predictions are appended to disk every this many examples
 # Rows other commands put into scores.json (`{column: value}`), shown under the tables above in results.md: the
 # short-context benchmarks (`python -m depo_trl.evaluation.short_context`) and the context-length study
 # (`python -m depo_trl.evaluation.context_study`)
 EXTRA_SECTIONS = {
     "short_context": "Short-context benchmarks (lm-evaluation-harness), accuracy x100",
-    "context_study_f1": "Context-length study (MuSiQue), F1 x100 by prompt length",
+    "context_study_f1": "Context-length study (MuSiQue), F1 x100 by prompt length (lenient reading)",
     "context_study_latency_s": "Context-length study, mean sampling latency (s per answer) by prompt length",
 }
 
@@ -69,8 +50,13 @@ class EvalSettings:
     prompt_style: str = "depo"
     max_new_tokens: int | None = None
     batch_size: int = 8
+    scoring: str = "official"
 
     def __post_init__(self):
+        if self.prompt_style not in PROMPT_STYLES:
+            raise UsageError(f"--prompt-style {self.prompt_style}: unknown style; use one of {list(PROMPT_STYLES)}.")
+        if self.scoring not in SCORING_MODES:
+            raise UsageError(f"--scoring {self.scoring}: unknown mode; use one of {list(SCORING_MODES)}.")
         for task in self.tasks:
             budget = self.answer_budget(task)
             if self.max_length <= budget:
@@ -81,19 +67,16 @@ class EvalSettings:
                 )
 
     def answer_budget(self, task: str) -> int:
-        """New tokens generated for `task`: `max_new_tokens`, or the prompt style's default."""
-        return self.max_new_tokens or default_max_new_tokens(task, self.prompt_style)
+        """New tokens generated for `task`: `max_new_tokens`, or its prompt format's default."""
+        return self.max_new_tokens or get_task(task).max_new_tokens(self.prompt_style)
 
 
 def parse_tasks(spec: str) -> list[str]:
     """Comma-separated task names; `moderate`, `extended`, `table2`, `ruler` and `all` expand to their tasks."""
     tasks: list[str] = []
     for name in (part.strip() for part in spec.split(",") if part.strip()):
-        expanded = ALL_TASKS if name == "all" else TASK_GROUPS.get(name, [name])
-        for task in expanded:
-            if task not in ALL_TASKS:
-                raise UsageError(f"--tasks {task}: unknown task; use {ALL_TASKS} or a group {[*TASK_GROUPS, 'all']}.")
-            if task not in tasks:
+        for task in ALL_TASKS if name == "all" else TASK_GROUPS.get(name, [name]):
+            if get_task(task).name not in tasks:
                 tasks.append(task)
     return tasks
 
@@ -102,32 +85,37 @@ def model_folder_name(model: str) -> str:
     return model.rstrip("/").replace("/", "--") if not os.path.isdir(model) else os.path.basename(model.rstrip("/"))
 
 
-def score_prediction(raw: str, answers: Sequence[str], prompt_style: str) -> tuple[str, float, float]:
-    """(prediction, F1 x100, EM x100): the extraction of docs/design.md ("Rewards") for the DePO template; LongBench-style prompts are
-    answered directly, so their first line is the prediction."""
-    pred = extract_answer(raw) if prompt_style == "depo" else raw.strip().split("\n")[0].strip()
-    return pred, 100.0 * f1_score(pred, answers), 100.0 * exact_match_score(pred, answers)
+def scored_row(task: EvalTask, row: dict, prompt_style: str) -> dict:
+    """A prediction row with its reading in every scoring mode, from its raw output."""
+    kept = {key: row[key] for key in ("id", "prompt_tokens", "raw", "answers")}
+    return kept | {
+        mode: task.score(mode, row["raw"], row["answers"], prompt_style).as_record() for mode in SCORING_MODES
+    }
 
 
-def task_metrics(task: str) -> tuple[str, ...]:
-    """The metrics (x100) each answer of `task` gets; the first is the one its table cell shows."""
-    return ("accuracy",) if task in ACCURACY_TASKS else ("f1", "em")
+def mode_summary(task: EvalTask, rows: Sequence[dict], mode: str) -> dict:
+    """One mode's means x100 (2 decimals) over the rows it scores, their `count`, and `unparsed`: those scored
+    without a readable answer (no marker, number or option)."""
+    scored = [row[mode] for row in rows if row[mode] is not None]
+    summary = {
+        metric: round(statistics.fmean(record[metric] for record in scored), 2) if scored else 0.0
+        for metric in task.metrics
+    }
+    return summary | {"count": len(scored), "unparsed": sum(record["pred"] is None for record in scored)}
 
 
-def score_answer(
-    task: str, raw: str, answers: Sequence[str], prompt_style: str
-) -> tuple[str | None, dict[str, float]]:
-    """(prediction, the task's metrics x100) for one generated answer. DocMath: the extracted answer, right when it
-    is the gold number; LongBench v2: the option letter, None when none can be read (wrong, and counted); the QA
-    tasks: `score_prediction`."""
-    if task == "docmath":
-        pred = extract_answer(raw)
-        return pred, {"accuracy": 100.0 * docmath_correct(pred, float(answers[0]))}
-    if task == LONGBENCH_V2:
-        choice = extract_choice(raw)
-        return choice, {"accuracy": 100.0 * (choice == answers[0])}
-    pred, f1, em = score_prediction(raw, answers, task_prompt_style(task, prompt_style))
-    return pred, {"f1": f1, "em": em}
+def task_scores(task: EvalTask, rows: Sequence[dict], settings: EvalSettings) -> dict:
+    """A task's `scores.json` entry: the `--scoring` mode's numbers on top, both modes, counts and settings."""
+    modes = {mode: mode_summary(task, rows, mode) for mode in SCORING_MODES}
+    return {
+        **modes[settings.scoring],
+        "scoring": settings.scoring,
+        **modes,
+        "outputs": len(rows),
+        "empty_outputs": sum(row["raw"] == "" for row in rows),
+        "official_code": task.formats[settings.prompt_style].scoring.source,
+        "decoding": task.decoding.as_record(),
+    }
 
 
 def _read_predictions(path: str) -> dict[str, dict]:
@@ -137,7 +125,24 @@ def _read_predictions(path: str) -> dict[str, dict]:
         return {row["id"]: row for row in map(json.loads, filter(str.strip, handle))}
 
 
-def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict[str, float]]:
+def _write_rows(path: str, rows: Sequence[dict], mode: str = "w") -> None:
+    with open(path, mode, encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def rescore_predictions(path: str, task: EvalTask, prompt_style: str) -> dict[str, dict]:
+    """Every row of a predictions file scored again from its raw output; the file is rewritten only when a reading
+    changed (a scoring fix, or rows written before the scoring modes)."""
+    stored = _read_predictions(path)
+    rows = {key: scored_row(task, row, prompt_style) for key, row in stored.items()}
+    if rows != stored:
+        _write_rows(f"{path}.tmp", list(rows.values()))
+        os.replace(f"{path}.tmp", path)
+    return rows
+
+
+def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict]:
     """Predict what is missing for `model` on every task, then score; returns and writes `scores.json`."""
     folder = os.path.join(settings.output_dir, model_folder_name(model))
     os.makedirs(folder, exist_ok=True)
@@ -147,12 +152,13 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict[str, fl
         raise hub_failure("--model", model, error, "pass a model folder") from None
     backend = None
     scores = {}
-    for task in settings.tasks:
-        examples = load_task(task, settings.data_dir, tokenizer)[: settings.limit]
-        path = os.path.join(folder, f"{task}.jsonl")
+    for name in settings.tasks:
+        task = get_task(name)
+        examples = task.load(settings.data_dir, tokenizer)[: settings.limit]
+        path = os.path.join(folder, f"{name}.jsonl")
         done = _read_predictions(path)
         todo = [example for example in examples if example.id not in done]
-        max_new_tokens = settings.answer_budget(task)
+        max_new_tokens = settings.answer_budget(name)
         if todo:
             backend = backend or make_backend(
                 settings.backend, model, tokenizer, settings.max_length, settings.batch_size
@@ -161,41 +167,40 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict[str, fl
             chunk = todo[start : start + GENERATION_CHUNK]
             conversations, lengths = [], []
             for example in chunk:
-                content = build_prompt(task, example, settings.prompt_style)
+                content = task.prompt(example, settings.prompt_style)
                 content, _ = truncate_middle(content, tokenizer, settings.max_length - max_new_tokens)
                 conversation = [{"role": "user", "content": content}]
                 rendered = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
                 lengths.append(len(tokenizer(rendered, add_special_tokens=False)["input_ids"]))
                 conversations.append(conversation)
-            desc = f"{model_folder_name(model)} / {task}"
-            raws = backend.generate(conversations, max_new_tokens, desc=desc, decoding=task_decoding(task))
-            with open(path, "a", encoding="utf-8") as handle:
-                for example, raw, length in zip(chunk, raws, lengths):
-                    pred, metrics = score_answer(task, raw, example.answers, settings.prompt_style)
-                    row = {"id": example.id, "prompt_tokens": length, "raw": raw, "pred": pred}
-                    row |= {"answers": example.answers, **metrics}
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        predictions = _read_predictions(path)
+            desc = f"{model_folder_name(model)} / {name}"
+            raws = backend.generate(conversations, max_new_tokens, desc=desc, decoding=task.decoding)
+            rows = [
+                {"id": example.id, "prompt_tokens": length, "raw": raw, "answers": example.answers}
+                for example, raw, length in zip(chunk, raws, lengths)
+            ]
+            _write_rows(path, [scored_row(task, row, settings.prompt_style) for row in rows], mode="a")
+        predictions = rescore_predictions(path, task, settings.prompt_style)
         selected = [predictions[example.id] for example in examples if example.id in predictions]
-        scores[task] = {
-            metric: round(statistics.fmean(r[metric] for r in selected), 2) if selected else 0.0
-            for metric in task_metrics(task)
-        }
-        scores[task] |= {"count": len(selected), "decoding": task_decoding(task).as_record()}
-        if task == LONGBENCH_V2:
-            scores[task]["unparsed"] = sum(row["pred"] is None for row in selected)
-    scores = _with_averages({**_read_scores(folder), **scores})
+        scores[name] = task_scores(task, selected, settings)
+    scores = _with_averages({**_read_scores(folder, settings.scoring), **scores}) | {"scoring": settings.scoring}
     with open(os.path.join(folder, "scores.json"), "w") as handle:
         json.dump(scores, handle, indent=2)
     return scores
 
 
-def _read_scores(folder: str) -> dict:
+def _read_scores(folder: str, scoring: str) -> dict:
+    """The task entries and extra sections already in `scores.json`, the tasks' top-level numbers in `scoring`'s
+    mode (both modes are there)."""
     path = os.path.join(folder, "scores.json")
     if not os.path.isfile(path):
         return {}
     with open(path) as handle:
-        return {key: value for key, value in json.load(handle).items() if key in ALL_TASKS or key in EXTRA_SECTIONS}
+        scores = {key: value for key, value in json.load(handle).items() if key in ALL_TASKS or key in EXTRA_SECTIONS}
+    return {
+        key: (entry | entry[scoring] | {"scoring": scoring}) if scoring in entry else entry
+        for key, entry in scores.items()
+    }
 
 
 def merge_scores(folder: str, sections: dict[str, dict[str, float]]) -> None:
@@ -212,37 +217,54 @@ def merge_scores(folder: str, sections: dict[str, dict[str, float]]) -> None:
         json.dump(scores, handle, indent=2)
 
 
+def _table_value(scores: dict, task: str) -> float:
+    return scores[task][TASKS[task].metric]
+
+
 def _with_averages(scores: dict) -> dict:
     def average(tasks):
-        values = [scores[task][task_metrics(task)[0]] for task in tasks if task in scores]
+        values = [_table_value(scores, task) for task in tasks if task in scores]
         return round(statistics.fmean(values), 2) if values else None
 
     return scores | {
-        "avg_moderate": average(TABLE2_MODERATE),
-        "avg_extended": average(LONGBENCH_TASKS),
-        "avg": average(TABLE_COLUMNS),  # the paper's: DocMath accuracy and nine F1s
-        "avg_ruler": average(RULER_TASKS),
+        "avg_moderate": average(TASK_GROUPS["moderate"]),
+        "avg_extended": average(TASK_GROUPS["extended"]),
+        "avg": average(TABLE2_COLUMNS),  # the paper's: DocMath accuracy and nine F1s
+        "avg_ruler": average(TASK_GROUPS["ruler"]),
     }
 
 
 def _cell(scores: dict, task: str) -> str:
-    return f"{scores[task][task_metrics(task)[0]]:.2f}" if task in scores else "-"
+    return f"{_table_value(scores, task):.2f}" if task in scores else "-"
+
+
+def _row_label(model: str, scores: dict) -> str:
+    """The model's name, marked when its numbers are not the official scoring's."""
+    scoring = scores.get("scoring", "official")
+    return model if scoring == "official" else f"{model} ({scoring})"
 
 
 def results_table(all_scores: dict[str, dict]) -> str:
     """Markdown: the paper's Table 2 (its 10 columns in its order and their average), then LongBench v2 and RULER-QA
-    by length when they were run (EM beside F1 in JSON)."""
-    qa_columns = list(TABLE_COLUMNS)
-    table2_models = [model for model, scores in all_scores.items() if any(task in scores for task in qa_columns)]
+    by length when they were run (EM beside F1 in JSON), each model in the scoring mode of its last run."""
+    labels = {model: _row_label(model, scores) for model, scores in all_scores.items()}
+    table2_models = [model for model, scores in all_scores.items() if any(task in scores for task in TABLE2_COLUMNS)]
+    column_names = [TASKS[task].label for task in TABLE2_COLUMNS]
     lines = [
-        "DocMath: accuracy x100; the other columns: F1 x100 (LongBench scoring). Moderate context: "
-        + ", ".join(TABLE_COLUMNS[t] for t in TABLE2_MODERATE)
+        "Scoring: each benchmark's official evaluation code (--scoring official)"
+        + (
+            "; rows marked (lenient): the project's lenient reading"
+            if any(label != model for model, label in labels.items())
+            else ""
+        )
+        + ". DocMath: accuracy x100; the other columns: F1 x100. Moderate context: "
+        + ", ".join(TASKS[task].label for task in TASK_GROUPS["moderate"])
         + "; extended context (LongBench v1): "
-        + ", ".join(TABLE_COLUMNS[t] for t in LONGBENCH_TASKS)
+        + ", ".join(TASKS[task].label for task in TASK_GROUPS["extended"])
         + ". Avg.: the mean of the columns.",
         "",
-        "| Model | " + " | ".join(TABLE_COLUMNS[t] for t in qa_columns) + " | Avg. |",
-        "|---|" + "---:|" * (len(qa_columns) + 1),
+        "| Model | " + " | ".join(column_names) + " | Avg. |",
+        "|---|" + "---:|" * (len(column_names) + 1),
     ]
     # A model evaluated only on the other sections (e.g. the context study) gets no all-"-" Table 2 row
     if not table2_models:
@@ -250,22 +272,32 @@ def results_table(all_scores: dict[str, dict]) -> str:
     for model in table2_models:
         scores = all_scores[model]
         average = f"{scores['avg']:.2f}" if scores.get("avg") is not None else "-"
-        lines.append(f"| {model} | " + " | ".join(_cell(scores, t) for t in qa_columns) + f" | {average} |")
-    if any(LONGBENCH_V2 in scores for scores in all_scores.values()):
-        temperature = task_decoding(LONGBENCH_V2).temperature
-        lines += ["", f"LongBench v2, accuracy x100 (sampled at temperature {temperature}; unparsed count as wrong):"]
-        lines += [""]
-        lines += ["| Model | LongBench v2 | unparsed | questions |", "|---|---:|---:|---:|"]
+        lines.append(
+            f"| {labels[model]} | " + " | ".join(_cell(scores, t) for t in TABLE2_COLUMNS) + f" | {average} |"
+        )
+    v2 = TASKS["longbench_v2"]
+    if any(v2.name in scores for scores in all_scores.values()):
+        lines += [
+            "",
+            f"LongBench v2, accuracy x100 (sampled at temperature {v2.decoding.temperature}; unparsed count as "
+            "wrong; official scoring leaves empty outputs out, as pred.py does):",
+            "",
+            "| Model | LongBench v2 | unparsed | questions |",
+            "|---|---:|---:|---:|",
+        ]
         for model, scores in all_scores.items():
-            if LONGBENCH_V2 in scores:
-                v2 = scores[LONGBENCH_V2]
-                lines.append(f"| {model} | {v2['accuracy']:.2f} | {v2['unparsed']} | {v2['count']} |")
-    if any(task in scores for scores in all_scores.values() for task in RULER_TASKS):
+            if v2.name in scores:
+                row = scores[v2.name]
+                lines.append(f"| {labels[model]} | {row['accuracy']:.2f} | {row['unparsed']} | {row['count']} |")
+    ruler = TASK_GROUPS["ruler"]
+    if any(task in scores for scores in all_scores.values() for task in ruler):
         lines += ["", "RULER-QA F1 x100 by context length:", ""]
-        lines += ["| Model | " + " | ".join(t.rsplit("_", 1)[1].upper() for t in RULER_TASKS) + " |"]
-        lines += ["|---|" + "---:|" * len(RULER_TASKS)]
+        lines += [
+            "| Model | " + " | ".join(TASKS[task].label for task in ruler) + " |",
+            "|---|" + "---:|" * len(ruler),
+        ]
         for model, scores in all_scores.items():
-            lines.append(f"| {model} | " + " | ".join(_cell(scores, t) for t in RULER_TASKS) + " |")
+            lines.append(f"| {labels[model]} | " + " | ".join(_cell(scores, task) for task in ruler) + " |")
     for section, title in EXTRA_SECTIONS.items():
         rows = {model: scores[section] for model, scores in all_scores.items() if section in scores}
         columns = list(dict.fromkeys(column for row in rows.values() for column in row))
@@ -279,7 +311,7 @@ def results_table(all_scores: dict[str, dict]) -> str:
 
 def plot_ruler(all_scores: dict[str, dict], path: str) -> bool:
     """Grouped bar chart of RULER-QA F1 per length bucket, one bar per model; False when there is nothing to plot."""
-    buckets = [task for task in RULER_TASKS if any(task in scores for scores in all_scores.values())]
+    buckets = [task for task in TASK_GROUPS["ruler"] if any(task in scores for scores in all_scores.values())]
     if not buckets:
         return False
     import matplotlib
@@ -293,7 +325,7 @@ def plot_ruler(all_scores: dict[str, dict], path: str) -> bool:
         positions = [index + offset * width for index in range(len(buckets))]
         axis.bar(positions, [scores.get(task, {}).get("f1", 0.0) for task in buckets], width, label=model)
     axis.set_xticks([index + width * (len(all_scores) - 1) / 2 for index in range(len(buckets))])
-    axis.set_xticklabels([task.rsplit("_", 1)[1].upper() for task in buckets])
+    axis.set_xticklabels([TASKS[task].label for task in buckets])
     axis.set_ylabel("F1 x100")
     axis.set_title("RULER-QA by context length")
     axis.legend(fontsize=7)

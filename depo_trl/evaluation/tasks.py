@@ -1,13 +1,18 @@
 """Evaluation tasks: the paper's Table 2 (moderate context: DocMath, Frames and multi-hop QA; extended context:
 LongBench v1 QA), LongBench v2, and RULER-QA by length.
 
-Every task yields `EvalExample`s: an id, the passages-and-question text pieces, and the gold answers. Prompts are
-built by `build_prompt` in the training template (what DePO models are trained on) or in LongBench's own wording;
-DocMath and Frames are asked in QwenLong-L1's words, which the paper took them from.
+A task is one `EvalTask` in `TASKS` (as lighteval's `LightevalTaskConfig`): its loader, its table column and group,
+how it is asked and read under each `--prompt-style` (`PromptFormat`: prompt, answer budget, scoring rules), its
+metric and its decoding. Adding a benchmark is adding one entry there.
+
+Every loader yields `EvalExample`s: an id, the context and question text, and the gold answers. The QA tasks are asked
+in the training template (what DePO models are trained on) or in LongBench's own wording; DocMath and Frames always in
+QwenLong-L1's words, which the paper took them from; LongBench v2 always in its own 0-shot prompt, the only answer
+format its `pred.py` reads.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -16,6 +21,7 @@ from ..data.builder import ContextBuilder
 from ..data.sources import QAExample, adapt, read_records
 from ..data.template import ANSWER_FORMAT, INSTRUCTION, format_passages, render_prompt
 from ..user_errors import UsageError, hub_offline, in_hub_cache
+from .scoring import DOCMATH, LONGBENCH_QA, LONGBENCH_V2, TEMPLATE_QA, Score, ScoringRules
 
 
 @dataclass
@@ -44,36 +50,45 @@ class Decoding:
         return {"do_sample": True, "temperature": self.temperature, "seed": self.seed}
 
 
-# Table 2's columns in QwenLong-L1's order (DocMath, Frames, 2Wiki, HotpotQA, MuSiQue, ...), moderate then extended
-LONGBENCH_TASKS = {
-    "longbench_2wikimqa": "2wikimqa",
-    "longbench_hotpotqa": "hotpotqa",
-    "longbench_musique": "musique",
-    "longbench_narrativeqa": "narrativeqa",
-    "longbench_qasper": "qasper",
-}
-MODERATE_TASKS = {"2wikimqa": "2wikimqa", "hotpotqa": "hotpotqa", "musique": "musique"}
-QWENLONG_TASKS = ("docmath", "frames")  # asked in QwenLong-L1's words, whatever --prompt-style says
-TABLE2_MODERATE = [*QWENLONG_TASKS, *MODERATE_TASKS]
-LONGBENCH_V2 = "longbench_v2"
-RULER_TASKS = {"ruler_qa_4k": 4096, "ruler_qa_8k": 8192, "ruler_qa_16k": 16384, "ruler_qa_32k": 32768}
-ALL_TASKS = [*TABLE2_MODERATE, *LONGBENCH_TASKS, LONGBENCH_V2, *RULER_TASKS]
-TASK_GROUPS = {
-    "moderate": TABLE2_MODERATE,
-    "extended": list(LONGBENCH_TASKS),
-    "table2": [*TABLE2_MODERATE, *LONGBENCH_TASKS],
-    "ruler": list(RULER_TASKS),
-}
 GREEDY = Decoding()
-# Greedy everywhere the paper is; LongBench v2 samples at 0.1, as its pred.py and the paper's appendix C.3 do
-TASK_DECODING = {LONGBENCH_V2: Decoding(temperature=0.1)}
+PROMPT_STYLES = ("depo", "longbench")
+TEMPLATE_MAX_NEW_TOKENS = 1024  # room for reasoning before "Therefore, the answer is ..."
 
 
-def task_decoding(task: str) -> Decoding:
-    return TASK_DECODING.get(task, GREEDY)
+def truncate_middle(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> tuple[str, int]:
+    """LongBench's truncation: keep the first and last `max_tokens / 2` tokens. Returns the text and its length."""
+    if max_tokens < 1:
+        raise ValueError(f"A prompt must keep at least one token, got a budget of {max_tokens}.")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, len(ids)
+    half = max_tokens // 2
+    # One decode of the joined ids: the same text as LongBench's two decodes for BPE tokenizers, and word-level ones
+    # keep the space between the halves.
+    return tokenizer.decode(ids[:half] + ids[-(max_tokens - half) :], skip_special_tokens=True), max_tokens
 
 
-# LongBench's own instructions (THUDM/LongBench config/dataset2prompt.json) and answer lengths (dataset2maxlen.json).
+def qwenlong_prompt(example: EvalExample) -> str:
+    """QwenLong-L1's DocMath and Frames prompt (`template_0shot` in its eval/docmath.py and eval/frames.py): the
+    training template with the question unlabelled."""
+    return f"{INSTRUCTION}\n\n<text>\n{example.context}\n</text>\n\n{example.question}\n\n{ANSWER_FORMAT}"
+
+
+def template_prompt(example: EvalExample) -> str:
+    """The training template (`depo_trl/data/template.py`)."""
+    return render_prompt(example.context, example.question)
+
+
+def longbench_v2_prompt(example: EvalExample) -> str:
+    """LongBench v2's 0-shot prompt (THUDM/LongBench prompts/0shot.txt); the question carries the four choices."""
+    return (
+        f"{INSTRUCTION}\n\n<text>\n{example.context}\n</text>\n\nWhat is the correct answer to this question: "
+        f'{example.question}\n\nFormat your response as follows: "The correct answer is (insert answer here)".'
+    )
+
+
+# LongBench v1's own instructions (THUDM/LongBench LongBench/config/dataset2prompt.json) and answer lengths
+# (dataset2maxlen.json)
 _MULTIHOP_PROMPT = (
     "Answer the question based on the given passages. Only give me the answer and do not output any other words.\n\n"
     "The following are given passages.\n{context}\n\nAnswer the question based on the given passages. Only give me "
@@ -99,66 +114,83 @@ LONGBENCH_PROMPTS = {
         'yes/no question, answer "yes", "no", or "unanswerable". Do not provide any explanation.\n\n'
         "Question: {input}\n\nAnswer:"
     ),
-    # LongBench v2's (THUDM/LongBench prompts/0shot.txt); its question carries the four choices
-    LONGBENCH_V2: (
-        f"{INSTRUCTION}\n\n<text>\n{{context}}\n</text>\n\nWhat is the correct answer to this question: {{input}}\n\n"
-        'Format your response as follows: "The correct answer is (insert answer here)".'
-    ),
 }
-LONGBENCH_MAX_NEW_TOKENS = {
-    "hotpotqa": 32,
-    "2wikimqa": 32,
-    "musique": 32,
-    "narrativeqa": 128,
-    "qasper": 128,
-    LONGBENCH_V2: 128,  # pred.py without chain of thought
-}
-TEMPLATE_MAX_NEW_TOKENS = 1024  # room for reasoning before "Therefore, the answer is ..."
+LONGBENCH_MAX_NEW_TOKENS = {"hotpotqa": 32, "2wikimqa": 32, "musique": 32, "narrativeqa": 128, "qasper": 128}
 
 
-def task_prompt_style(task: str, prompt_style: str) -> str:
-    """The style `task` is asked in: `prompt_style`, but always the training template's answer format ("depo") for
-    DocMath and Frames, whose one prompt is QwenLong-L1's."""
-    return "depo" if task in QWENLONG_TASKS else prompt_style
+@dataclass(frozen=True)
+class PromptFormat:
+    """One way of asking a task's questions and reading the answers.
+
+    Attributes:
+        build: the user message for an example.
+        max_new_tokens: the answer budget in new tokens, unless `--max-new-tokens` says otherwise.
+        scoring: how an answer in this format is read, in each scoring mode.
+    """
+
+    build: Callable[[EvalExample], str]
+    max_new_tokens: int
+    scoring: ScoringRules
 
 
-def default_max_new_tokens(task: str, prompt_style: str) -> int:
-    if task_prompt_style(task, prompt_style) == "longbench":
-        return LONGBENCH_MAX_NEW_TOKENS.get(LONGBENCH_TASKS.get(task, task), 32)
-    return TEMPLATE_MAX_NEW_TOKENS
+def _every_style(prompt_format: PromptFormat) -> dict[str, PromptFormat]:
+    """A task asked one way whatever `--prompt-style` says."""
+    return dict.fromkeys(PROMPT_STYLES, prompt_format)
 
 
-def truncate_middle(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> tuple[str, int]:
-    """LongBench's truncation: keep the first and last `max_tokens / 2` tokens. Returns the text and its length."""
-    if max_tokens < 1:
-        raise ValueError(f"A prompt must keep at least one token, got a budget of {max_tokens}.")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text, len(ids)
-    half = max_tokens // 2
-    # One decode of the joined ids: the same text as LongBench's two decodes for BPE tokenizers, and word-level ones
-    # keep the space between the halves.
-    return tokenizer.decode(ids[:half] + ids[-(max_tokens - half) :], skip_special_tokens=True), max_tokens
+def qa_formats(longbench_dataset: str) -> dict[str, PromptFormat]:
+    """A QA task's two styles: the training template, scored as QwenLong-L1 scores answers in that format; and
+    LongBench's prompt for `longbench_dataset`, scored as LongBench's eval.py does."""
+    longbench = LONGBENCH_PROMPTS[longbench_dataset]
+    return {
+        "depo": PromptFormat(template_prompt, TEMPLATE_MAX_NEW_TOKENS, TEMPLATE_QA),
+        "longbench": PromptFormat(
+            lambda example: longbench.format(context=example.context, input=example.question),
+            LONGBENCH_MAX_NEW_TOKENS[longbench_dataset],
+            LONGBENCH_QA,
+        ),
+    }
 
 
-def qwenlong_prompt(context: str, question: str) -> str:
-    """QwenLong-L1's DocMath and Frames prompt (`template_0shot` in its eval/docmath.py and eval/frames.py): the
-    training template with the question unlabelled."""
-    return f"{INSTRUCTION}\n\n<text>\n{context}\n</text>\n\n{question}\n\n{ANSWER_FORMAT}"
+Loader = Callable[[str | None, PreTrainedTokenizerBase], list[EvalExample]]
 
 
-def build_prompt(task: str, example: EvalExample, prompt_style: str) -> str:
-    """The user message for `example`: the training template, or LongBench's prompt for the task's dataset;
-    QwenLong-L1's for DocMath and Frames."""
-    if task in QWENLONG_TASKS:
-        return qwenlong_prompt(example.context, example.question)
-    if prompt_style == "longbench":
-        # LongBench v2 has its own prompt; RULER-QA's questions are HotpotQA's
-        dataset = LONGBENCH_TASKS.get(
-            task, MODERATE_TASKS.get(task, task if task in LONGBENCH_PROMPTS else "hotpotqa")
-        )
-        return LONGBENCH_PROMPTS[dataset].format(context=example.context, input=example.question)
-    return render_prompt(example.context, example.question)
+@dataclass(frozen=True)
+class EvalTask:
+    """Everything the harness knows about one benchmark.
+
+    Attributes:
+        name: what `--tasks` calls it, and its file names under `--output-dir`.
+        label: its column in `results.md`.
+        group: `moderate` or `extended` (Table 2's two halves), `ruler`, or None (a table of its own).
+        load: its examples, from `--data-dir` (or the Hub) with the evaluated model's tokenizer.
+        formats: how it is asked and read under each `--prompt-style`.
+        metric: the metric its table cell shows: `f1` (EM is in scores.json beside it) or `accuracy`.
+        decoding: greedy, or the sampling the benchmark's own evaluation uses.
+    """
+
+    name: str
+    label: str
+    group: str | None
+    load: Loader
+    formats: Mapping[str, PromptFormat]
+    metric: str = "f1"
+    decoding: Decoding = GREEDY
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics (x100) every answer gets; the first is the table's."""
+        return ("accuracy",) if self.metric == "accuracy" else ("f1", "em")
+
+    def prompt(self, example: EvalExample, prompt_style: str) -> str:
+        return self.formats[prompt_style].build(example)
+
+    def max_new_tokens(self, prompt_style: str) -> int:
+        return self.formats[prompt_style].max_new_tokens
+
+    def score(self, mode: str, raw: str, answers: Sequence[str], prompt_style: str) -> Score:
+        """One answer read by scoring `mode` (`official` or `lenient`) for the format `prompt_style` asked it in."""
+        return self.formats[prompt_style].scoring.score(mode, raw, answers)
 
 
 def _not_in_data_dir(data_dir: str | None, local_name: str) -> str:
@@ -187,9 +219,8 @@ def _data_file(data_dir: str | None, *names: str) -> str | None:
     return next((path for path in paths if os.path.isfile(path)), None)
 
 
-def load_longbench(task: str, data_dir: str | None) -> list[EvalExample]:
+def load_longbench(dataset: str, data_dir: str | None) -> list[EvalExample]:
     """LongBench v1 records (`input, context, answers, _id`) from `data_dir/<dataset>.jsonl` or the Hub."""
-    dataset = LONGBENCH_TASKS[task]
     path = _data_file(data_dir, f"{dataset}.jsonl")
     if path is not None:
         records = list(read_records(path, argument="--data-dir"))
@@ -206,16 +237,16 @@ _MODERATE_FILES = {
 _MODERATE_HUB = {"hotpotqa": ("hotpotqa/hotpot_qa", "distractor", "validation")}
 
 
-def moderate_examples(task: str, data_dir: str | None) -> list[QAExample]:
-    """Dev rows of a multi-hop QA dataset through the data builder's source adapters."""
-    source = MODERATE_TASKS[task]
+def moderate_examples(source: str, data_dir: str | None) -> list[QAExample]:
+    """Dev rows of a multi-hop QA dataset (`hotpotqa`, `2wikimqa`, `musique`) through the data builder's source
+    adapters."""
     path = _data_file(data_dir, *_MODERATE_FILES[source])
     if path is not None:
         records = read_records(path, argument="--data-dir")
     else:
         if source not in _MODERATE_HUB:
             raise UsageError(
-                f"--data-dir {data_dir}: task {task} reads its dev rows from there "
+                f"--data-dir {data_dir}: task {source} reads its dev rows from there "
                 f"({' or '.join(_MODERATE_FILES[source][:2])}), which are not there; download them into it."
             )
         hub_id, config, split = _MODERATE_HUB[source]
@@ -224,11 +255,11 @@ def moderate_examples(task: str, data_dir: str | None) -> list[QAExample]:
     return examples
 
 
-def load_moderate(task: str, data_dir: str | None) -> list[EvalExample]:
+def load_moderate(source: str, data_dir: str | None) -> list[EvalExample]:
     """Each question with only its own paragraphs (gold and the dataset's distractors), in the dataset's order."""
     return [
         EvalExample(e.id, format_passages([*e.gold, *e.own_distractors]), e.question, e.answers)
-        for e in moderate_examples(task, data_dir)
+        for e in moderate_examples(source, data_dir)
     ]
 
 
@@ -326,20 +357,19 @@ def longbench_v2_question(record: dict) -> str:
 def load_longbench_v2(data_dir: str | None) -> list[EvalExample]:
     """LongBench v2 (`_id, question, choice_A..D, answer, context`, ...) from `data_dir/longbench_v2.json` (the
     benchmark's data.json) or `.jsonl`, or the Hub; the gold answer is the option letter."""
-    path = _data_file(data_dir, f"{LONGBENCH_V2}.json", f"{LONGBENCH_V2}.jsonl")
+    path = _data_file(data_dir, "longbench_v2.json", "longbench_v2.jsonl")
     if path is not None:
         records = list(read_records(path, argument="--data-dir"))
     else:
-        records = hub_records("THUDM/LongBench-v2", None, "train", data_dir, f"{LONGBENCH_V2}.json")
+        records = hub_records("THUDM/LongBench-v2", None, "train", data_dir, "longbench_v2.json")
     return [EvalExample(str(r["_id"]), r["context"].strip(), longbench_v2_question(r), [r["answer"]]) for r in records]
 
 
 def load_ruler(
-    task: str, data_dir: str | None, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+    target: int, data_dir: str | None, tokenizer: PreTrainedTokenizerBase, seed: int = 0
 ) -> list[EvalExample]:
     """RULER-style QA at a target length: gold paragraphs plus distractors from the pool (the training data's
-    `ContextBuilder`, HotpotQA dev rows), filling the rendered prompt up to the task's token length."""
-    target = RULER_TASKS[task]
+    `ContextBuilder`, HotpotQA dev rows), filling the rendered prompt up to `target` tokens."""
     examples = moderate_examples("hotpotqa", data_dir)
     builder = ContextBuilder(tokenizer, examples, short_budget=target, long_budget=target, seed=seed)
     built = ((example, builder.build_contexts(example)) for example in examples)
@@ -350,15 +380,81 @@ def load_ruler(
     ]
 
 
-def load_task(task: str, data_dir: str | None, tokenizer: PreTrainedTokenizerBase) -> list[EvalExample]:
-    loaders: dict[str, Callable[[], list[EvalExample]]] = {
-        **{name: (lambda name=name: load_longbench(name, data_dir)) for name in LONGBENCH_TASKS},
-        **{name: (lambda name=name: load_moderate(name, data_dir)) for name in MODERATE_TASKS},
-        **{name: (lambda name=name: load_ruler(name, data_dir, tokenizer)) for name in RULER_TASKS},
-        "docmath": lambda: load_docmath(data_dir),
-        "frames": lambda: load_frames(data_dir),
-        LONGBENCH_V2: lambda: load_longbench_v2(data_dir),
-    }
-    if task not in loaders:
-        raise UsageError(f"--tasks {task}: unknown task; use one of {ALL_TASKS}.")
-    return loaders[task]()
+def _moderate(source: str, label: str) -> EvalTask:
+    return EvalTask(source, label, "moderate", lambda data_dir, _: load_moderate(source, data_dir), qa_formats(source))
+
+
+def _longbench(dataset: str, label: str) -> EvalTask:
+    return EvalTask(
+        f"longbench_{dataset}",
+        label,
+        "extended",
+        lambda data_dir, _: load_longbench(dataset, data_dir),
+        qa_formats(dataset),
+    )
+
+
+def _ruler(target: int) -> EvalTask:
+    """RULER-QA at `target` tokens; its questions are HotpotQA's, asked and read as HotpotQA's are."""
+    label = f"{target // 1024}K"
+    return EvalTask(
+        f"ruler_qa_{label.lower()}",
+        label,
+        "ruler",
+        lambda data_dir, tokenizer: load_ruler(target, data_dir, tokenizer),
+        qa_formats("hotpotqa"),
+    )
+
+
+# Table 2's columns in QwenLong-L1's order (DocMath, Frames, 2Wiki, HotpotQA, MuSiQue, ...), moderate then extended;
+# then LongBench v2 and RULER-QA
+TASKS: dict[str, EvalTask] = {
+    task.name: task
+    for task in [
+        EvalTask(
+            "docmath",
+            "DocMath",
+            "moderate",
+            lambda data_dir, _: load_docmath(data_dir),
+            _every_style(PromptFormat(qwenlong_prompt, TEMPLATE_MAX_NEW_TOKENS, DOCMATH)),
+            metric="accuracy",
+        ),
+        EvalTask(
+            "frames",
+            "Frames",
+            "moderate",
+            lambda data_dir, _: load_frames(data_dir),
+            _every_style(PromptFormat(qwenlong_prompt, TEMPLATE_MAX_NEW_TOKENS, TEMPLATE_QA)),
+        ),
+        _moderate("2wikimqa", "2Wiki"),
+        _moderate("hotpotqa", "HotpotQA"),
+        _moderate("musique", "MuSiQue"),
+        _longbench("2wikimqa", "LB-2Wiki"),
+        _longbench("hotpotqa", "LB-HotpotQA"),
+        _longbench("musique", "LB-MuSiQue"),
+        _longbench("narrativeqa", "NarrativeQA"),
+        _longbench("qasper", "Qasper"),
+        EvalTask(
+            "longbench_v2",
+            "LongBench v2",
+            None,
+            lambda data_dir, _: load_longbench_v2(data_dir),
+            _every_style(PromptFormat(longbench_v2_prompt, 128, LONGBENCH_V2)),  # pred.py without chain of thought
+            metric="accuracy",
+            decoding=Decoding(temperature=0.1),  # as its pred.py and the paper's appendix C.3 sample
+        ),
+        *(_ruler(target) for target in (4096, 8192, 16384, 32768)),
+    ]
+}
+ALL_TASKS = list(TASKS)
+TASK_GROUPS = {
+    group: [task.name for task in TASKS.values() if task.group == group] for group in ("moderate", "extended", "ruler")
+}
+TASK_GROUPS["table2"] = TASK_GROUPS["moderate"] + TASK_GROUPS["extended"]
+
+
+def get_task(name: str) -> EvalTask:
+    """The task `--tasks` names; a [`UsageError`] listing the tasks and groups for an unknown name."""
+    if name not in TASKS:
+        raise UsageError(f"--tasks {name}: unknown task; use {ALL_TASKS} or a group {[*TASK_GROUPS, 'all']}.")
+    return TASKS[name]
