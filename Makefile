@@ -83,12 +83,12 @@ num_train_gpus = $(words $(subst $(comma), ,$(TRAIN_GPUS)))
 
 train: install  ## single node, vLLM colocated on all GPUs (the recipes' default)
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_GPUS) \
-		depo_trl/depo.py --config $(RECIPE)
+		depo_trl/scripts/depo.py --config $(RECIPE)
 
 vllm-serve: install  ## the vLLM server for RECIPE on VLLM_GPUS (keep it running in its own shell)
-	CUDA_VISIBLE_DEVICES=$(VLLM_GPUS) $(BIN)/python -m depo_trl.vllm_server --config $(RECIPE) --port $(VLLM_PORT)
+	CUDA_VISIBLE_DEVICES=$(VLLM_GPUS) $(BIN)/python -m depo_trl.scripts.vllm_server --config $(RECIPE) --port $(VLLM_PORT)
 
 train-with-server: install  ## training on TRAIN_GPUS against the server started by `make vllm-serve`
 	CUDA_VISIBLE_DEVICES=$(TRAIN_GPUS) $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) \
-		--num_processes $(num_train_gpus) depo_trl/depo.py --config $(RECIPE) \
+		--num_processes $(num_train_gpus) depo_trl/scripts/depo.py --config $(RECIPE) \
 		--use_vllm true --vllm_mode server --vllm_server_port $(VLLM_PORT) --vllm_group_port $(VLLM_GROUP_PORT)

@@ -127,5 +127,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Same exit as depo_trl.depo.cli: skip the process group's teardown, which can hang under load (gloo)
+    # Same exit as depo_trl.scripts.depo.cli: skip the process group's teardown, which can hang under load (gloo)
     os._exit(0)

@@ -12,10 +12,10 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from depo_trl import ARMS, arm_for
-from depo_trl.depo import main, parse_recipe
+from depo_trl.scripts.depo import main, parse_recipe
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.toy.world import build_toy_tokenizer, generate_rows
-from depo_trl.vllm_server import main as vllm_server_main
+from depo_trl.scripts.vllm_server import main as vllm_server_main
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def launch_tiny(tmp_path, *overrides):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-        os.path.join(ROOT, "depo_trl", "depo.py"), "--config", TINY_RECIPE,
+        os.path.join(ROOT, "depo_trl", "scripts", "depo.py"), "--config", TINY_RECIPE,
         "--output_dir", str(tmp_path / "run"), *overrides,
     ]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}

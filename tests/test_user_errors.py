@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from depo_trl.data import build
-from depo_trl.depo import cli as depo_train
+from depo_trl.scripts.depo import cli as depo_train
 from depo_trl.evaluation.__main__ import main as evaluation
 from depo_trl.toy import benchmark as toy_benchmark
 from depo_trl.toy import world
 from depo_trl.user_errors import looks_like_local_path
-from depo_trl.vllm_server import main as vllm_server
+from depo_trl.scripts.vllm_server import main as vllm_server
 
 from .conftest import make_rows
 
@@ -87,7 +87,7 @@ CASES = [
     (evaluation, ["--tasks", "squad"], ["--tasks squad", "unknown task"]),
     (evaluation, ["--max-length", "512"], ["--max-length 512", "--max-new-tokens 1024"]),
     (evaluation, ["--tasks", "longbench_qasper", "--data-dir", "{dir}"], ["--data-dir", "no qasper.jsonl", "offline"]),
-    # python -m depo_trl.vllm_server, demo, synthetic world, benchmarks
+    # python -m depo_trl.scripts.vllm_server, demo, synthetic world, benchmarks
     (vllm_server, ["--config", "missing.yaml"], ["--config missing.yaml", "no such file"]),
     (vllm_server, ["--config", "{dir}/no_model.yaml"], ["--config", "no `model_name_or_path`"]),
     (world.main, ["--output-dir", "{dir}/a_file"], ["--output-dir", "a file is in the way"]),
@@ -139,12 +139,12 @@ def test_bad_input_is_one_line_naming_the_argument(command, arguments, words, fi
     "command",
     [
         ["{bin}/depo-train", "--config", "recipes/tiny/missing.yaml"],
-        ["{python}", "depo_trl/depo.py", "--config", "recipes/tiny/missing.yaml"],
+        ["{python}", "depo_trl/scripts/depo.py", "--config", "recipes/tiny/missing.yaml"],
         ["{python}", "-m", "depo_trl.data.build", "--source", "musique", "--input", "missing.jsonl",
          "--tokenizer", "x", "--output-dir", "out"],
         ["{python}", "-m", "depo_trl.evaluation", "--model", "m", "--tasks", "hotpotqa", "--output-dir", "o",
          "--data-dir", "nosuchdir"],
-        ["{python}", "-m", "depo_trl.vllm_server", "--config", "missing.yaml"],
+        ["{python}", "-m", "depo_trl.scripts.vllm_server", "--config", "missing.yaml"],
         ["{python}", "-m", "depo_trl.toy.demo", "--steps", "0"],
         ["{python}", "benchmarks/step_cost.py", "--steps", "0"],
     ],

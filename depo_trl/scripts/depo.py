@@ -1,6 +1,6 @@
 """DePO training entry point.
 
-    accelerate launch --config_file accelerate_configs/zero3.yaml depo_trl/depo.py --config recipes/<recipe>.yaml
+    accelerate launch --config_file accelerate_configs/zero3.yaml depo_trl/scripts/depo.py --config recipes/<recipe>.yaml
     depo-train --config recipes/tiny/depo.yaml          # console script, single process
 
 Every `DePOConfig` / `GRPOConfig` / `TrainingArguments` field and every `ModelConfig` field (dtype, attention
@@ -295,7 +295,7 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[DePOScriptArguments, De
 
 @reports_usage_errors("depo-train")
 def cli(argv: list[str] | None = None) -> None:
-    """The `depo-train` console script and `python depo_trl/depo.py`: parse a recipe, train, save."""
+    """The `depo-train` console script and `python depo_trl/scripts/depo.py`: parse a recipe, train, save."""
     trainer = main(*parse_recipe(argv))
     if trainer.accelerator.num_processes > 1:
         # Freeing the DDP reducer after the gloo/NCCL group is gone can hang in the group's destructor (seen with

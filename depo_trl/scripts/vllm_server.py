@@ -1,6 +1,6 @@
 """Start the vLLM generation server for a DePO recipe (server mode), on GPUs the training does not use.
 
-    CUDA_VISIBLE_DEVICES=0 python -m depo_trl.vllm_server --config recipes/qwen2.5-7b-instruct/depo-grpo.yaml
+    CUDA_VISIBLE_DEVICES=0 python -m depo_trl.scripts.vllm_server --config recipes/qwen2.5-7b-instruct/depo-grpo.yaml
 
 The command is TRL 1.16's (`trl.scripts.vllm_serve.build_command`: `vllm serve` with the NCCL weight-transfer engine
 and processed log-probs), with the model, revision, dtype and `--max-model-len` taken from the recipe and prefix
@@ -18,7 +18,7 @@ import yaml
 from trl.scripts.vllm_serve import ScriptArguments as VLLMServeArguments
 from trl.scripts.vllm_serve import build_command
 
-from .user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, require_file
+from ..user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, require_file
 
 
 def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]) -> list[str]:
@@ -53,12 +53,12 @@ def read_recipe(path: str) -> dict:
     return recipe
 
 
-@reports_usage_errors("python -m depo_trl.vllm_server")
+@reports_usage_errors("python -m depo_trl.scripts.vllm_server")
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = ArgumentParser(prog="python -m depo_trl.vllm_server", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.scripts.vllm_server", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="The DePO recipe the trainer will run.")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000, help="Must match the trainer's `vllm_server_port`.")

@@ -1,0 +1,2 @@
+"""The command-line programs: `depo.py` (training, the `depo-train` console script) and `vllm_server.py` (the vLLM
+generation server for a recipe)."""
