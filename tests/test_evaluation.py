@@ -8,7 +8,7 @@ import pytest
 from depo_trl.data.builder import ContextBuilder
 from depo_trl.data.template import render_prompt
 from depo_trl.evaluation.__main__ import main as evaluation_main
-from depo_trl.evaluation.runner import parse_tasks
+from depo_trl.evaluation.runner import EvalSettings, parse_tasks
 from depo_trl.evaluation.scoring import longbench_lenient, template_lenient
 from depo_trl.evaluation.tasks import TASKS, load_ruler, moderate_examples, truncate_middle
 from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
@@ -44,6 +44,16 @@ def test_lenient_scoring_by_hand(raw, answers, scorer, pred, f1, em):
     assert score.pred == pred
     assert score.metrics["f1"] == pytest.approx(f1)
     assert score.metrics["em"] == em
+
+
+def test_an_unknown_scoring_mode_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        evaluation_main(["--model", "m", "--tasks", "hotpotqa", "--output-dir", "o", "--scoring", "strict"])
+    message = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and "\n" not in message
+    assert "argument --scoring: invalid choice: 'strict'" in message and "official" in message and "lenient" in message
+    with pytest.raises(ValueError, match="--scoring strict: unknown mode; use one of \\['official', 'lenient'\\]"):
+        EvalSettings(tasks=["hotpotqa"], scoring="strict")
 
 
 def test_task_groups_and_errors():

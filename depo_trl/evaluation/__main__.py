@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         "re-scores the predictions on disk without generating.",
     )
     parser.add_argument(
-        "--max-new-tokens", type=positive_int, default=None, help="Default: 1024 (depo) or LongBench's."
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help="Default: the task's own: 1024 in the template (depo), LongBench's for its prompts, 128 for LongBench v2.",
     )
     parser.add_argument("--batch-size", type=positive_int, default=8, help="hf backend batch size.")
     args = parser.parse_args(argv)
