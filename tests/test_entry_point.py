@@ -3,8 +3,6 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,10 +10,12 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from depo_trl import ARMS, arm_for
-from depo_trl.scripts.depo import main, parse_recipe
 from depo_trl.model_utils import load_tokenizer
-from depo_trl.toy.world import build_toy_tokenizer, generate_rows
+from depo_trl.scripts.depo import main, parse_recipe
 from depo_trl.scripts.vllm_server import main as vllm_server_main
+from depo_trl.toy.world import build_toy_tokenizer, generate_rows
+
+from .helpers import WARM_START, largest_difference, launch, saved_weights, step_logs
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,33 +88,26 @@ def test_bad_configuration_fails_fast_with_what_to_do(tmp_path, overrides, messa
 
 
 def launch_tiny(tmp_path, *overrides):
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-        os.path.join(ROOT, "depo_trl", "scripts", "depo.py"), "--config", TINY_RECIPE,
-        "--output_dir", str(tmp_path / "run"), *overrides,
-    ]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
+    result = launch(["--config", TINY_RECIPE, "--output_dir", str(tmp_path / "run"), *overrides])
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout + result.stderr
 
 
 @pytest.mark.slow
 def test_tiny_recipe_trains_on_two_processes_saves_and_resumes(tmp_path):
-    # `--multi_gpu` on a machine without CUDA is torchrun with gloo; `--cpu` alone would start a single process.
     launch_tiny(tmp_path)
     run = tmp_path / "run"
     model = AutoModelForCausalLM.from_pretrained(run)
     tokenizer = load_tokenizer(str(run))
     assert model.config.vocab_size == len(tokenizer)
-    assert tokenizer("Where was Bupus born ?")["input_ids"][-1] != tokenizer.unk_token_id
+    assert largest_difference(saved_weights(run), saved_weights(WARM_START)) > 1e-4
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["global_step"] == 4
-    step_logs = [log for log in state["log_history"] if "loss" in log]
-    assert all(
-        {"depo/kd_loss", "depo/kd_fraction", "depo/kd_tokens", "depo/logp_gap"} <= set(log) for log in step_logs
-    )
+    logs = step_logs(run)
+    assert all({"depo/kd_loss", "depo/kd_fraction", "depo/kd_tokens", "depo/logp_gap"} <= set(log) for log in logs)
+    # The distillation term ran: rollouts passed the exact-match threshold and were scored under the long prompt
+    assert all(log["depo/kd_tokens"] > 0 and log["depo/kd_fraction"] > 0 for log in logs)
+    assert any(log["depo/logp_gap"] != 0 for log in logs)
     card = (run / "README.md").read_text()
     assert "- depo" in card and "## DePO" in card and "distillation: kd" in card
 
@@ -136,8 +129,15 @@ def test_vllm_server_command_is_sized_for_short_prompts(capsys):
 
 
 def test_shipped_tiny_assets_match_their_generator():
-    assets = os.path.join(ROOT, "recipes", "tiny", "assets")
-    assert load_tokenizer(os.path.join(assets, "model")).get_vocab() == build_toy_tokenizer().get_vocab()
-    with open(os.path.join(assets, "toy_world.jsonl")) as handle:
+    with open(os.path.join(ROOT, "recipes", "tiny", "assets", "toy_world.jsonl")) as handle:
         shipped = [json.loads(line) for line in handle]
     assert shipped == json.loads(json.dumps(generate_rows(len(shipped), seed=0)))
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "/tiny/" in p], ids=lambda p: os.path.relpath(p, ROOT))
+def test_tiny_recipes_train_the_warm_start_on_its_own_vocabulary(path):
+    # A random model earns no exact-match reward, so nothing would train; the warm start answers most questions
+    recipe = yaml.safe_load(open(path))
+    assert recipe["model_name_or_path"] == "depo_trl/toy/shipped_warm_start"
+    tokenizer = load_tokenizer(os.path.join(ROOT, recipe["model_name_or_path"]))
+    assert tokenizer.get_vocab() == build_toy_tokenizer().get_vocab()

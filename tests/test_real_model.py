@@ -9,11 +9,11 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from depo_trl.data.build import main as build_main
-from depo_trl.scripts.depo import main as train_main
-from depo_trl.scripts.depo import parse_recipe
 from depo_trl.evaluation.__main__ import main as evaluation_main
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.models import smollm2
+from depo_trl.scripts.depo import main as train_main
+from depo_trl.scripts.depo import parse_recipe
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from depo_trl.data import build
-from depo_trl.scripts.depo import cli as depo_train
 from depo_trl.evaluation.__main__ import main as evaluation
+from depo_trl.scripts.depo import cli as depo_train
+from depo_trl.scripts.vllm_server import main as vllm_server
 from depo_trl.toy import benchmark as toy_benchmark
 from depo_trl.toy import world
 from depo_trl.user_errors import looks_like_local_path
-from depo_trl.scripts.vllm_server import main as vllm_server
 
 from .conftest import make_rows
 

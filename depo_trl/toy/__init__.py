@@ -8,5 +8,5 @@
 - `demo`: `make demo` (`python -m depo_trl.toy.demo`), one arm from the warm start, EM before and after;
 - `benchmark`: `make toy-benchmark` (`python -m depo_trl.toy.benchmark`), the paper's comparisons at toy scale, with
   confidence intervals, and its length and lambda sweeps;
-- `assets`: the tiny model and rows `recipes/tiny/` runs on (`make tiny-assets`).
+- `assets`: the rows `recipes/tiny/` trains the warm start on (`make tiny-assets`).
 """
