@@ -10,14 +10,18 @@ import sys
 
 import pytest
 import torch
+from datasets import DatasetDict, load_from_disk
 from safetensors.torch import load_file, save_file
 
+from depo_trl.data.build import main as build_main
+from depo_trl.model_utils import build_word_level_tokenizer
 from depo_trl.scripts.depo import checkpoint_problems, last_complete_checkpoint, main, parse_recipe
 
 from .helpers import ROOT, run_environment
 
 
 TINY_RECIPE = os.path.join(ROOT, "recipes", "tiny", "depo.yaml")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 # ---- Checkpoints ---------------------------------------------------------------------------------------------------
@@ -205,3 +209,170 @@ def test_a_run_killed_while_saving_resumes_exactly_where_it_was(tmp_path):
     assert final.keys() == expected.keys()
     assert all(final[name].equal(expected[name]) for name in expected)
     assert losses(run) == losses(reference) and len(losses(run)) == 4
+
+
+# ---- Data builds ---------------------------------------------------------------------------------------------------
+
+
+def fixture_lines(source: str) -> list[str]:
+    """The fixture records of a source as JSON lines."""
+    if source == "musique":
+        with open(os.path.join(FIXTURES, "musique_sample.jsonl"), encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    name = {"hotpotqa": "hotpotqa_distractor_sample.json", "2wikimqa": "2wikimultihopqa_sample.json"}[source]
+    with open(os.path.join(FIXTURES, name), encoding="utf-8") as handle:
+        return [json.dumps(record) for record in json.load(handle)]
+
+
+def without(field: str, line: str) -> str:
+    return json.dumps({key: value for key, value in json.loads(line).items() if key != field})
+
+
+def musique_paragraph_without_text(line: str) -> str:
+    record = json.loads(line)
+    del record["paragraphs"][0]["paragraph_text"]
+    return json.dumps(record)
+
+
+# (source, the line number to break, how, the start of what the error says about that line)
+MALFORMED_LINES = {
+    "musique line cut short": ("musique", 3, lambda line: line[: len(line) // 2], "not valid JSON ("),
+    "musique without answer": ("musique", 2, lambda line: without("answer", line), "not a musique record (no field"),
+    "musique paragraph without text": (
+        "musique",
+        5,
+        musique_paragraph_without_text,
+        "not a musique record (no field `paragraphs[0].paragraph_text`)",
+    ),
+    "hotpotqa without supporting_facts": (
+        "hotpotqa",
+        2,
+        lambda line: without("supporting_facts", line),
+        "not a hotpotqa record (no field `supporting_facts`)",
+    ),
+    "hotpotqa line that is a list": ("hotpotqa", 1, lambda line: "[1, 2]", "not a hotpotqa record (a JSON list"),
+    "2wikimqa without _id": (
+        "2wikimqa",
+        2,
+        lambda line: without("_id", line),
+        "not a 2wikimqa record (no field `_id`",
+    ),
+}
+
+
+def build_arguments(tokenizer_dir, input_path, output_dir, source: str = "musique", seed: int = 0) -> list[str]:
+    return [
+        "--source", source, "--input", str(input_path), "--tokenizer", tokenizer_dir, "--short-budget", "700",
+        "--long-budget", "2500", "--seed", str(seed), "--output-dir", str(output_dir), "--no-progress",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> str:
+    """A tokenizer with a chat template over the fixtures' words, saved where a builder in another process finds it."""
+    folder = str(tmp_path_factory.mktemp("tokenizer"))
+    texts = [line for source in ("musique", "hotpotqa", "2wikimqa") for line in fixture_lines(source)]
+    build_word_level_tokenizer(texts).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("fault", sorted(MALFORMED_LINES))
+def test_a_malformed_input_line_stops_the_build_naming_the_file_and_line(tmp_path, tokenizer_dir, capsys, fault):
+    source, number, breaks, says = MALFORMED_LINES[fault]
+    lines = fixture_lines(source)
+    lines[number - 1] = breaks(lines[number - 1])
+    input_path = tmp_path / f"{source}.jsonl"
+    input_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as stopped:
+        build_main(build_arguments(tokenizer_dir, input_path, tmp_path / "out", source))
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.count("\n") == 1
+    assert error.startswith(f"python -m depo_trl.data.build: error: --input {input_path}: line {number}: {says}")
+    assert "; " in error.split(says, 1)[1]  # then what to do
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_record_of_a_json_array_is_named_by_its_number(tmp_path, tokenizer_dir, capsys):
+    records = [json.loads(line) for line in fixture_lines("hotpotqa")]
+    del records[3]["context"]
+    input_path = tmp_path / "hotpotqa.json"
+    input_path.write_text(json.dumps(records))
+    with pytest.raises(SystemExit):
+        build_main(build_arguments(tokenizer_dir, input_path, tmp_path / "out", "hotpotqa"))
+    assert f"--input {input_path}: record 4: not a hotpotqa record (no field `context`)" in capsys.readouterr().err
+
+
+def run_build_killed_while_saving() -> None:
+    """The data builder, SIGKILLed while `save_to_disk` writes the dataset's first Arrow table.
+
+    `python -c "from tests.test_faults import run_build_killed_while_saving; run_build_killed_while_saving()" ARGS...`
+    """
+    from datasets.arrow_writer import ArrowWriter
+
+    write_table = ArrowWriter.write_table
+
+    def write_then_die(self, *args, **kwargs):
+        write_table(self, *args, **kwargs)
+        self.stream.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    ArrowWriter.write_table = write_then_die
+    build_main(sys.argv[1:])
+
+
+def built(output_dir) -> tuple[list[dict], dict]:
+    with open(os.path.join(output_dir, "stats.json"), encoding="utf-8") as handle:
+        return load_from_disk(str(output_dir))["train"].to_list(), json.load(handle)
+
+
+def test_a_build_killed_while_saving_leaves_no_dataset_and_keeps_the_previous_one(tmp_path, tokenizer_dir):
+    musique = os.path.join(FIXTURES, "musique_sample.jsonl")
+    fresh, previous = tmp_path / "fresh", tmp_path / "previous"
+    build_main(build_arguments(tokenizer_dir, musique, previous, seed=0))
+    before = built(previous)
+    for output_dir in (fresh, previous):
+        runner = "from tests.test_faults import run_build_killed_while_saving; run_build_killed_while_saving()"
+        command = [sys.executable, "-c", runner, *build_arguments(tokenizer_dir, musique, output_dir, seed=1)]
+        killed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=run_environment())
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not fresh.exists()
+    with pytest.raises(FileNotFoundError):
+        load_from_disk(str(fresh))
+    assert built(previous) == before
+    # The same commands again, not killed: both complete, and nothing of the killed ones is left beside them
+    build_main(build_arguments(tokenizer_dir, musique, fresh, seed=1))
+    build_main(build_arguments(tokenizer_dir, musique, previous, seed=1))
+    assert built(fresh) == built(previous) and built(fresh)[0] != before[0]
+    assert sorted(os.listdir(tmp_path)) == ["fresh", "previous"]
+
+
+def test_a_build_whose_save_fails_keeps_the_previous_one(tmp_path, tokenizer_dir, monkeypatch):
+    musique = os.path.join(FIXTURES, "musique_sample.jsonl")
+    output_dir = tmp_path / "data"
+    build_main(build_arguments(tokenizer_dir, musique, output_dir, seed=0))
+    before = built(output_dir)
+    save = DatasetDict.save_to_disk
+
+    def disk_full(self, path, *args, **kwargs):
+        save(self, path, *args, **kwargs)
+        os.truncate(os.path.join(path, "train", "data-00000-of-00001.arrow"), 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        build_main(build_arguments(tokenizer_dir, musique, output_dir, seed=1))
+    assert built(output_dir) == before
+    assert os.listdir(tmp_path) == ["data"]
+
+
+def test_an_output_folder_holding_other_files_is_not_replaced(tmp_path, tokenizer_dir, capsys):
+    output_dir = tmp_path / "data"
+    output_dir.mkdir()
+    (output_dir / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        build_main(build_arguments(tokenizer_dir, os.path.join(FIXTURES, "musique_sample.jsonl"), output_dir))
+    error = capsys.readouterr().err
+    assert (
+        error.startswith(f"python -m depo_trl.data.build: error: --output-dir {output_dir}: ") and "notes.txt" in error
+    )
+    assert os.listdir(output_dir) == ["notes.txt"]

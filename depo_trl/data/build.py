@@ -1,12 +1,15 @@
 """Build DePO training data: `python -m depo_trl.data.build --source musique --input PATH_OR_HUB_ID ...`.
 
 Writes a `datasets.DatasetDict` (one split) loadable with `datasets.load_from_disk(output_dir)`, and `stats.json`
-beside it with the paper's Table 1 statistics and the skipped rows by reason.
+beside it with the paper's Table 1 statistics and the skipped rows by reason. The folder appears whole or not at all:
+the build writes `<output_dir>.partial` and renames it into place, so a build killed halfway leaves no dataset at
+`output_dir` (an earlier build there stays as it was until the new one is complete).
 """
 
 import argparse
 import json
 import os
+import shutil
 
 from datasets import Dataset, DatasetDict
 
@@ -20,7 +23,7 @@ from ..user_errors import (
     writable_folder,
 )
 from .builder import ContextBuilder, format_statistics, length_statistics
-from .sources import SOURCES, adapt, read_records
+from .sources import SOURCES, adapt_numbered, numbered_records
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +58,8 @@ def build_dataset(args: argparse.Namespace) -> tuple[DatasetDict, dict]:
             f"--tokenizer {args.tokenizer}: no chat template, and budgets are counted on the rendered chat prompt; "
             "use an instruct model's tokenizer."
         )
-    examples, skipped = adapt(args.source, read_records(args.input, args.split, args.config_name))
+    records = numbered_records(args.input, args.split, args.config_name)
+    examples, skipped = adapt_numbered(args.source, records, origin=f"--input {args.input}")
     if not examples:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.items()) or "the input has no records"
         raise UsageError(f"--input {args.input}: no usable row as --source {args.source} ({reasons}).")
@@ -83,14 +87,57 @@ def build_dataset(args: argparse.Namespace) -> tuple[DatasetDict, dict]:
     return DatasetDict({args.split: Dataset.from_list(rows)}), stats
 
 
+def _written_by_a_build(folder: str, name: str) -> bool:
+    """Whether `name` in `folder` is something a build writes: dataset_dict.json, stats.json, or a split folder."""
+    path = os.path.join(folder, name)
+    if not os.path.isdir(path):
+        return name in ("dataset_dict.json", "stats.json")
+    return all(file in ("dataset_info.json", "state.json") or file.endswith(".arrow") for file in os.listdir(path))
+
+
+def check_output_dir(output_dir: str) -> None:
+    """`output_dir` can take the build: it does not exist, is empty, or holds an earlier build, which the new one
+    replaces. A folder with anything else in it is refused rather than replaced: those files are the user's."""
+    writable_folder("--output-dir", output_dir)
+    if not os.path.isdir(output_dir):
+        return
+    others = [name for name in sorted(os.listdir(output_dir)) if not _written_by_a_build(output_dir, name)]
+    if others:
+        raise UsageError(
+            f"--output-dir {output_dir}: holds files a build does not write ({', '.join(others[:3])}), which "
+            "replacing the folder would delete; pass a new folder, or an earlier build's."
+        )
+
+
+def save_whole(dataset: DatasetDict, stats: dict, output_dir: str) -> None:
+    """Save the dataset and stats.json to `<output_dir>.partial`, then rename it to `output_dir`: a build killed
+    before the end leaves no dataset at `output_dir`, and an earlier build there is replaced only by a complete one.
+    What a killed build left beside `output_dir` is cleared first."""
+    target = os.path.abspath(output_dir)
+    partial, previous = f"{target}.partial", f"{target}.previous"
+    if os.path.isdir(previous) and not os.path.exists(target):  # killed between the two renames below
+        os.replace(previous, target)
+    for leftover in (partial, previous):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        dataset.save_to_disk(partial)
+        with open(os.path.join(partial, "stats.json"), "w", encoding="utf-8") as handle:
+            json.dump(stats, handle, indent=2)
+    except BaseException:  # a full disk, Ctrl-C: nothing half-written stays behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.isdir(target):  # a folder cannot be renamed over a non-empty one: move the old build aside first
+        os.replace(target, previous)
+    os.replace(partial, target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 @reports_usage_errors("python -m depo_trl.data.build")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    writable_folder("--output-dir", args.output_dir)
+    check_output_dir(args.output_dir)
     dataset, stats = build_dataset(args)
-    dataset.save_to_disk(args.output_dir)
-    with open(os.path.join(args.output_dir, "stats.json"), "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2)
+    save_whole(dataset, stats, args.output_dir)
     print(format_statistics(stats, stats["skipped"]))
     print(f"Saved {stats['count']} rows to {args.output_dir} (load with datasets.load_from_disk).")
     if args.push_to_hub:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from ..data.builder import ContextBuilder
-from ..data.sources import QAExample, adapt, read_records
+from ..data.sources import QAExample, adapt_numbered, numbered_records
 from ..data.template import user_messages
 from ..model_utils import load_tokenizer
 from ..user_errors import (
@@ -76,7 +76,7 @@ def musique_examples(input_path: str | None, data_dir: str | None) -> list[QAExa
     """Answerable MuSiQue questions from `--input` (MuSiQue's JSON-lines file) or `--data-dir` (`musique_dev.jsonl`)."""
     if input_path is None:
         return moderate_examples("musique", data_dir)
-    examples, _ = adapt("musique", read_records(input_path, argument="--input"))
+    examples, _ = adapt_numbered("musique", numbered_records(input_path, argument="--input"), f"--input {input_path}")
     if not examples:
         raise UsageError(f"--input {input_path}: no answerable MuSiQue question; pass MuSiQue's dev file.")
     return examples

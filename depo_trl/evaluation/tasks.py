@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from ..data.builder import ContextBuilder
-from ..data.sources import QAExample, adapt, read_records
+from ..data.sources import QAExample, adapt, adapt_numbered, numbered_records, read_records
 from ..data.template import ANSWER_FORMAT, INSTRUCTION, format_passages, render_prompt
 from ..user_errors import UsageError, hub_offline, in_hub_cache
 from .scoring import DOCMATH, LONGBENCH_QA, LONGBENCH_V2, TEMPLATE_QA, Score, ScoringRules
@@ -242,16 +242,15 @@ def moderate_examples(source: str, data_dir: str | None) -> list[QAExample]:
     adapters."""
     path = _data_file(data_dir, *_MODERATE_FILES[source])
     if path is not None:
-        records = read_records(path, argument="--data-dir")
-    else:
-        if source not in _MODERATE_HUB:
-            raise UsageError(
-                f"--data-dir {data_dir}: task {source} reads its dev rows from there "
-                f"({' or '.join(_MODERATE_FILES[source][:2])}), which are not there; download them into it."
-            )
-        hub_id, config, split = _MODERATE_HUB[source]
-        records = hub_records(hub_id, config, split, data_dir, _MODERATE_FILES[source][0])
-    examples, _ = adapt(source, records)
+        examples, _ = adapt_numbered(source, numbered_records(path, argument="--data-dir"), f"--data-dir {path}")
+        return examples
+    if source not in _MODERATE_HUB:
+        raise UsageError(
+            f"--data-dir {data_dir}: task {source} reads its dev rows from there "
+            f"({' or '.join(_MODERATE_FILES[source][:2])}), which are not there; download them into it."
+        )
+    hub_id, config, split = _MODERATE_HUB[source]
+    examples, _ = adapt(source, hub_records(hub_id, config, split, data_dir, _MODERATE_FILES[source][0]), hub_id)
     return examples
 
 
