@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from depo_trl.data.template import render_prompt
+from depo_trl.evaluation.backends import make_backend
 from depo_trl.evaluation.context_study import length_label, parse_lengths
 from depo_trl.evaluation.context_study import main as study_main
 from depo_trl.evaluation.judge import JudgeCache, JudgeClient, compare_lengths, parse_verdict
@@ -194,6 +195,18 @@ def test_study_end_to_end_writes_curves_heat_map_and_resumes(musique_model_dir, 
     study_main(argv)
     assert len(judge_server.requests) == asked, "the second run must not ask the judge again"
     assert json.loads((folder / "context_study.json").read_text())["judge"]["cached"] == judge["requests"]
+
+    # A kill in the middle of writing an answer, and one in the middle of writing a judge reply, cut their last lines
+    # short: a third run answers that one question again and asks for that one reply again
+    answers = folder / "context_study" / "1024.jsonl"
+    for cache in (answers, output / "judge_cache.jsonl"):
+        os.truncate(cache, os.path.getsize(cache) - 10)
+    monkeypatch.setattr("depo_trl.evaluation.context_study.make_backend", make_backend)
+    study_main(argv)
+    assert len(judge_server.requests) == asked + 1
+    assert len({json.loads(line)["id"] for line in answers.read_text().splitlines()}) == 2
+    rerun = json.loads((folder / "context_study.json").read_text())["judge"]
+    assert rerun == judge | {"requests": 1, "cached": judge["requests"] - 1}
 
 
 def test_study_argument_errors(musique_model_dir, tmp_path, capsys):

@@ -14,6 +14,9 @@ from datasets import DatasetDict, load_from_disk
 from safetensors.torch import load_file, save_file
 
 from depo_trl.data.build import main as build_main
+from depo_trl.evaluation import runner
+from depo_trl.evaluation.__main__ import main as evaluation_main
+from depo_trl.evaluation.judge import JudgeCache
 from depo_trl.model_utils import build_word_level_tokenizer
 from depo_trl.scripts.depo import checkpoint_problems, last_complete_checkpoint, main, parse_recipe
 
@@ -376,3 +379,132 @@ def test_an_output_folder_holding_other_files_is_not_replaced(tmp_path, tokenize
         error.startswith(f"python -m depo_trl.data.build: error: --output-dir {output_dir}: ") and "notes.txt" in error
     )
     assert os.listdir(output_dir) == ["notes.txt"]
+
+
+# ---- Evaluations ---------------------------------------------------------------------------------------------------
+
+EVAL_TASKS = {"hotpotqa": 6, "musique": 6}  # with --limit 6: 12 items, 6 generation calls of 2
+
+
+def evaluation_arguments(model_dir, output_dir) -> list[str]:
+    """Batches of one: an item's greedy answer does not depend on which items share its batch."""
+    return [
+        "--model", model_dir, "--tasks", ",".join(EVAL_TASKS), "--backend", "hf", "--max-length", "1024",
+        "--max-new-tokens", "4", "--batch-size", "1", "--limit", "6", "--data-dir", FIXTURES, "--output-dir",
+        str(output_dir),
+    ]  # fmt: skip
+
+
+def run_evaluation_killed_while_generating() -> None:
+    """The evaluation, predicting 2 items per generation call, SIGKILLed in its Nth call (after N - 1 calls' items
+    were written).
+
+    `python -c "from tests.test_faults import run_evaluation_killed_while_generating as run; run()" N ARGS...`
+    """
+    make_backend = runner.make_backend
+    calls = 0
+
+    def backend_that_dies(*args, **kwargs):
+        backend = make_backend(*args, **kwargs)
+        generate = backend.generate
+
+        def generate_or_die(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == int(sys.argv[1]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return generate(*args, **kwargs)
+
+        backend.generate = generate_or_die
+        return backend
+
+    runner.GENERATION_CHUNK = 2
+    runner.make_backend = backend_that_dies
+    evaluation_main(sys.argv[2:])
+
+
+def predictions(folder, task: str) -> list[dict]:
+    with open(os.path.join(folder, f"{task}.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def counting_generations(monkeypatch) -> list[int]:
+    """Count the items every backend made from now on generates."""
+    counted = []
+    make_backend = runner.make_backend
+
+    def counting_backend(*args, **kwargs):
+        backend = make_backend(*args, **kwargs)
+        generate = backend.generate
+
+        def generate_and_count(conversations, *args, **kwargs):
+            counted.append(len(conversations))
+            return generate(conversations, *args, **kwargs)
+
+        backend.generate = generate_and_count
+        return backend
+
+    monkeypatch.setattr(runner, "make_backend", counting_backend)
+    return counted
+
+
+@pytest.mark.parametrize("last_line", ["written whole", "cut short"])
+def test_an_evaluation_killed_halfway_completes_from_its_predictions(tmp_path, tiny_model_dir, monkeypatch, last_line):
+    reference = tmp_path / "uninterrupted"
+    evaluation_main(evaluation_arguments(tiny_model_dir, reference))
+    folder_name = os.path.basename(tiny_model_dir)
+    output = tmp_path / "killed"
+    runner_code = "from tests.test_faults import run_evaluation_killed_while_generating as run; run()"
+    command = [sys.executable, "-c", runner_code, "3", *evaluation_arguments(tiny_model_dir, output)]
+    killed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=run_environment())
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    hotpotqa_file = output / folder_name / "hotpotqa.jsonl"
+    assert len(predictions(output / folder_name, "hotpotqa")) == 4  # two calls' items were written
+    if last_line == "cut short":  # as a kill in the middle of writing it leaves it
+        last = hotpotqa_file.read_bytes().splitlines()[-1]
+        os.truncate(hotpotqa_file, os.path.getsize(hotpotqa_file) - len(last) // 2)
+    kept = 4 if last_line == "written whole" else 3
+
+    generated = counting_generations(monkeypatch)
+    evaluation_main(evaluation_arguments(tiny_model_dir, output))  # the same command again
+    assert sum(generated) == sum(EVAL_TASKS.values()) - kept  # nothing written whole is predicted again
+    for task in EVAL_TASKS:
+        rows = predictions(output / folder_name, task)
+        assert len({row["id"] for row in rows}) == len(rows) == EVAL_TASKS[task]  # none twice, none lost
+        expected = {row["id"]: row for row in predictions(reference / folder_name, task)}
+        assert {row["id"]: row for row in rows} == expected  # the same answers, read the same way
+    scores = json.loads((output / folder_name / "scores.json").read_text())
+    assert scores == json.loads((reference / folder_name / "scores.json").read_text())
+
+
+def test_scores_json_is_never_left_half_written(tmp_path, tiny_model_dir, monkeypatch):
+    evaluation_main(evaluation_arguments(tiny_model_dir, tmp_path))
+    scores_path = tmp_path / os.path.basename(tiny_model_dir) / "scores.json"
+    before = scores_path.read_text()
+
+    def interrupted_dump(value, handle, **kwargs):  # a full disk, or a kill, in the middle of the write
+        handle.write(json.dumps(value, **kwargs)[:50])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", interrupted_dump)
+    with pytest.raises(OSError):
+        evaluation_main([*evaluation_arguments(tiny_model_dir, tmp_path), "--scoring", "lenient"])
+    assert scores_path.read_text() == before
+
+
+def test_a_judge_cache_cut_short_keeps_every_whole_reply(tmp_path, capsys):
+    path = str(tmp_path / "judge_cache.jsonl")
+    cache = JudgeCache(path)
+    for number in range(3):
+        cache.put("judge", f"prompt {number}", f"Verdict: A {number}")
+    os.truncate(path, os.path.getsize(path) - 20)  # a kill in the middle of writing the third reply
+    cache = JudgeCache(path)
+    assert [cache.get("judge", f"prompt {number}") for number in range(3)] == ["Verdict: A 0", "Verdict: A 1", None]
+    assert "cut short" in capsys.readouterr().err
+    cache.put("judge", "prompt 2", "Verdict: B")
+    again = JudgeCache(path)
+    assert [again.get("judge", f"prompt {number}") for number in range(3)] == [
+        "Verdict: A 0",
+        "Verdict: A 1",
+        "Verdict: B",
+    ]

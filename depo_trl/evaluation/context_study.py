@@ -42,8 +42,9 @@ from ..user_errors import (
     writable_folder,
 )
 from .backends import make_backend
+from .files import append_rows, write_json
 from .judge import API_KEY_VARIABLES, CRITERIA, JudgeCache, JudgeClient, compare_lengths
-from .runner import _read_predictions, merge_scores, model_folder_name, write_results
+from .runner import merge_scores, model_folder_name, read_predictions, write_results
 from .scoring import template_lenient
 from .tasks import TEMPLATE_MAX_NEW_TOKENS, moderate_examples
 
@@ -153,20 +154,18 @@ def study_model(model: str, examples: Sequence[QAExample], settings: StudySettin
     backend, rows = None, []
     for index, length in enumerate(settings.lengths):
         path = os.path.join(folder, "context_study", f"{length}.jsonl")
-        done = _read_predictions(path)
+        done = read_predictions(path)
         todo = [question for question in questions if question.example.id not in done]
         if todo and backend is None:
             backend = make_backend(
                 settings.backend, model, tokenizer, max(settings.lengths) + settings.max_new_tokens, batch_size=1
             )
             backend.generate([user_messages(todo[0].contents[index])], WARM_UP_TOKENS, desc="warm-up (untimed)")
-        with open(path, "a", encoding="utf-8") as handle:
-            for number, question in enumerate(todo, start=1):
-                desc = f"{model_folder_name(model)} / {length_label(length)} / {number}/{len(todo)}"
-                row = timed_answer(backend, question, index, settings.max_new_tokens, desc)
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                handle.flush()  # an interrupted study keeps every answer it paid for
-        predictions = _read_predictions(path)
+        for number, question in enumerate(todo, start=1):
+            desc = f"{model_folder_name(model)} / {length_label(length)} / {number}/{len(todo)}"
+            row = timed_answer(backend, question, index, settings.max_new_tokens, desc)
+            append_rows(path, [row])  # an interrupted study keeps every answer it paid for
+        predictions = read_predictions(path)
         rows.append([predictions[question.example.id] for question in questions])
 
     labels = [length_label(length) for length in settings.lengths]
@@ -202,8 +201,7 @@ def study_model(model: str, examples: Sequence[QAExample], settings: StudySettin
             "cached": pairwise.cached,
             "malformed_replies": pairwise.malformed_replies,
         }
-    with open(os.path.join(folder, "context_study.json"), "w", encoding="utf-8") as handle:
-        json.dump(study, handle, indent=2, ensure_ascii=False)
+    write_json(os.path.join(folder, "context_study.json"), study, ensure_ascii=False)
     merge_scores(
         folder,
         {

@@ -13,7 +13,6 @@ paper's; its setup (a pair of answers, both presentation orders averaged) follow
 import hashlib
 import itertools
 import json
-import os
 import re
 import statistics
 import threading
@@ -27,6 +26,7 @@ import requests
 from tqdm.auto import tqdm
 
 from ..user_errors import UsageError
+from .files import append_rows, read_rows
 
 
 API_KEY_VARIABLES = ("DEPO_JUDGE_API_KEY", "OPENAI_API_KEY")  # the first one set is sent as the bearer token
@@ -70,16 +70,13 @@ def parse_verdict(reply: str) -> str | None:
 
 
 class JudgeCache:
-    """Judge replies on disk, one JSON line per reply, keyed by a hash of (judge model, prompt); safe across threads."""
+    """Judge replies on disk, one JSON line per reply, keyed by a hash of (judge model, prompt); safe across threads.
+    Each reply is synced to disk as it arrives; a last line cut short by a kill is dropped (see `files.py`)."""
 
     def __init__(self, path: str):
         self.path = path
         self._lock = threading.Lock()
-        self._replies: dict[str, str] = {}
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                for row in map(json.loads, filter(str.strip, handle)):
-                    self._replies[row["key"]] = row["reply"]
+        self._replies: dict[str, str] = {row["key"]: row["reply"] for row in read_rows(path)}
 
     @staticmethod
     def key(model: str, prompt: str) -> str:
@@ -92,8 +89,7 @@ class JudgeCache:
         key = self.key(model, prompt)
         with self._lock:
             self._replies[key] = reply
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"key": key, "model": model, "reply": reply}, ensure_ascii=False) + "\n")
+            append_rows(self.path, [{"key": key, "model": model, "reply": reply}])
 
 
 @dataclass

@@ -7,7 +7,8 @@ A prediction row holds `id, prompt_tokens, raw, answers`, then its reading in ea
 `lenient`; see `scoring.py`): `{pred, f1, em}` or `{pred, accuracy}`, or null where the official code leaves the
 output out. Predictions already on disk are not generated again, and every row is scored again from its raw output at
 the end of each run (the file is rewritten only if a score changed), so a change of `--scoring` or of the scoring
-rules costs no generation.
+rules costs no generation. Predictions are appended and synced to disk every `GENERATION_CHUNK` examples: a run killed
+halfway and run again predicts only what is missing, and nothing twice (see `files.py`).
 
 `scores.json` holds, per task, both modes' means and counts, the `--scoring` mode's numbers at the top level (what
 `results.md` shows), the number of outputs and of empty ones, the official code the `official` mode follows, and the
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from ..model_utils import load_tokenizer
 from ..user_errors import UsageError, hub_failure
 from .backends import make_backend
+from .files import append_rows, read_rows, write_json, write_whole
 from .scoring import SCORING_MODES
 from .tasks import ALL_TASKS, PROMPT_STYLES, TASK_GROUPS, TASKS, EvalTask, get_task, truncate_middle
 
@@ -118,27 +120,19 @@ def task_scores(task: EvalTask, rows: Sequence[dict], settings: EvalSettings) ->
     }
 
 
-def _read_predictions(path: str) -> dict[str, dict]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return {row["id"]: row for row in map(json.loads, filter(str.strip, handle))}
-
-
-def _write_rows(path: str, rows: Sequence[dict], mode: str = "w") -> None:
-    with open(path, mode, encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+def read_predictions(path: str) -> dict[str, dict]:
+    """The predictions on disk by id (a row written again for an id replaces the earlier one)."""
+    return {row["id"]: row for row in read_rows(path)}
 
 
 def rescore_predictions(path: str, task: EvalTask, prompt_style: str) -> dict[str, dict]:
     """Every row of a predictions file scored again from its raw output; the file is rewritten only when a reading
     changed (a scoring fix, or rows written before the scoring modes)."""
-    stored = _read_predictions(path)
+    stored = read_predictions(path)
     rows = {key: scored_row(task, row, prompt_style) for key, row in stored.items()}
     if rows != stored:
-        _write_rows(f"{path}.tmp", list(rows.values()))
-        os.replace(f"{path}.tmp", path)
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows.values())
+        write_whole(path, lambda handle: handle.write(lines))
     return rows
 
 
@@ -156,7 +150,7 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict]:
         task = get_task(name)
         examples = task.load(settings.data_dir, tokenizer)[: settings.limit]
         path = os.path.join(folder, f"{name}.jsonl")
-        done = _read_predictions(path)
+        done = read_predictions(path)
         todo = [example for example in examples if example.id not in done]
         max_new_tokens = settings.answer_budget(name)
         if todo:
@@ -179,13 +173,12 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict]:
                 {"id": example.id, "prompt_tokens": length, "raw": raw, "answers": example.answers}
                 for example, raw, length in zip(chunk, raws, lengths)
             ]
-            _write_rows(path, [scored_row(task, row, settings.prompt_style) for row in rows], mode="a")
+            append_rows(path, [scored_row(task, row, settings.prompt_style) for row in rows])
         predictions = rescore_predictions(path, task, settings.prompt_style)
         selected = [predictions[example.id] for example in examples if example.id in predictions]
         scores[name] = task_scores(task, selected, settings)
     scores = _with_averages({**_read_scores(folder, settings.scoring), **scores}) | {"scoring": settings.scoring}
-    with open(os.path.join(folder, "scores.json"), "w") as handle:
-        json.dump(scores, handle, indent=2)
+    write_json(os.path.join(folder, "scores.json"), scores)
     return scores
 
 
@@ -213,8 +206,7 @@ def merge_scores(folder: str, sections: dict[str, dict[str, float]]) -> None:
             scores = json.load(handle)
     for section, columns in sections.items():
         scores[section] = scores.get(section, {}) | columns
-    with open(path, "w") as handle:
-        json.dump(scores, handle, indent=2)
+    write_json(path, scores)
 
 
 def _table_value(scores: dict, task: str) -> float:
@@ -350,7 +342,7 @@ def write_results(output_dir: str) -> dict[str, dict]:
         if os.path.isfile(path):
             with open(path) as handle:
                 all_scores[name] = json.load(handle)
-    with open(os.path.join(output_dir, "results.md"), "w") as handle:
-        handle.write(results_table(all_scores))
+    table = results_table(all_scores)
+    write_whole(os.path.join(output_dir, "results.md"), lambda handle: handle.write(table))
     plot_ruler(all_scores, os.path.join(output_dir, "ruler_qa.png"))
     return all_scores
