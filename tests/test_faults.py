@@ -1,6 +1,7 @@
 """Faults lose nothing: a run killed while it saves a checkpoint resumes exactly; an interrupted data build leaves no
-dataset behind; an interrupted evaluation completes from its cached predictions. Every fault is injected for real:
-a SIGKILL in the middle of writing a file, a truncated file, a malformed line."""
+dataset behind; an interrupted evaluation completes from its cached predictions. The faults are injected as they
+happen: a process SIGKILLed in the middle of writing a file (the slow tests), and the files such kills leave (cut
+short, missing, garbled), written by hand (the fast ones)."""
 
 import json
 import os
@@ -328,6 +329,7 @@ def built(output_dir) -> tuple[list[dict], dict]:
         return load_from_disk(str(output_dir))["train"].to_list(), json.load(handle)
 
 
+@pytest.mark.slow
 def test_a_build_killed_while_saving_leaves_no_dataset_and_keeps_the_previous_one(tmp_path, tokenizer_dir):
     musique = os.path.join(FIXTURES, "musique_sample.jsonl")
     fresh, previous = tmp_path / "fresh", tmp_path / "previous"
@@ -448,6 +450,7 @@ def counting_generations(monkeypatch) -> list[int]:
     return counted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("last_line", ["written whole", "cut short"])
 def test_an_evaluation_killed_halfway_completes_from_its_predictions(tmp_path, tiny_model_dir, monkeypatch, last_line):
     reference = tmp_path / "uninterrupted"
