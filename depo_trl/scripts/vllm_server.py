@@ -5,8 +5,10 @@
 The command is TRL 1.16's (`trl.scripts.vllm_serve.build_command`: `vllm serve` with the NCCL weight-transfer engine
 and processed log-probs), with the model, revision, dtype and `--max-model-len` taken from the recipe and prefix
 caching on: every rollout of a prompt shares its prefix. DePO only samples from short prompts, so the recipe's
-`vllm_max_model_length` is the short budget plus `max_completion_length`, not the long context. Extra arguments after
-`--` go to `vllm serve` unchanged. `--dry-run` prints the command instead of running it.
+`vllm_max_model_length` is the short budget plus `max_completion_length`, not the long context. The workers also get
+the method `vllm_weight_sync: reload` calls (`depo_trl.vllm_worker.WeightReloadExtension`), so the same server takes
+weights through either route. Extra arguments after `--` go to `vllm serve` unchanged. `--dry-run` prints the command
+instead of running it.
 """
 
 import argparse
@@ -19,6 +21,9 @@ from trl.scripts.vllm_serve import ScriptArguments as VLLMServeArguments
 from trl.scripts.vllm_serve import build_command
 
 from ..user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, require_file
+
+
+WORKER_EXTENSION = "depo_trl.vllm_worker.WeightReloadExtension"
 
 
 def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]) -> list[str]:
@@ -35,9 +40,10 @@ def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]
         dtype=str(recipe.get("dtype") or "auto"),
         max_model_len=args.max_model_len or recipe.get("vllm_max_model_length"),
         enable_prefix_caching=True,
+        enforce_eager=args.enforce_eager,
         trust_remote_code=bool(recipe.get("trust_remote_code", False)),
     )
-    return build_command(serve_args, extra_args)
+    return build_command(serve_args, ["--worker-extension-cls", WORKER_EXTENSION, *extra_args])
 
 
 def read_recipe(path: str) -> dict:
@@ -65,6 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tensor-parallel-size", type=positive_int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--max-model-len", type=int, default=None, help="Overrides the recipe's value.")
+    parser.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="Run the model eagerly: no CUDA graphs on a GPU, no compilation warm-up on vLLM's CPU build.",
+    )
     parser.add_argument("--dry-run", action="store_true", help="Print the command and exit.")
     args = parser.parse_args(argv)
     recipe = read_recipe(args.config)

@@ -1,0 +1,131 @@
+"""DePO with vLLM generation in server mode, on a CPU: the server started by the project's launcher and the trainer
+by `depo-train`, both with the options the README gives; the weights reach the server through vLLM's reload_weights.
+
+Rollouts, their log-probabilities and TRL's importance-sampling correction come from the real engine, and after a
+training step the server scores a fixed completion with the trained weights.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import psutil
+import pytest
+import requests
+import yaml
+
+from ..helpers import ROOT, free_port, run_environment, step_logs
+from .scoring import hf_log_probs, reference_sequence
+
+
+pytest.importorskip("vllm", reason="vLLM runs in its own environment: make test-vllm")
+
+RECIPE = os.path.join(ROOT, "recipes", "smollm2-135m-instruct", "depo.yaml")
+# vLLM's CPU build reserves this much memory (GiB) for its KV cache (its default is sized for real serving); the
+# engine and the trainer take turns, so each may use every core
+VLLM_ENVIRONMENT = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
+
+
+def recipe_for(model_dir: str, data_dir: str, folder) -> str:
+    """The shipped SmolLM2 recipe, pointed at the model and data the tests built."""
+    with open(RECIPE) as handle:
+        recipe = yaml.safe_load(handle)
+    recipe.update(model_name_or_path=model_dir, dataset_name=data_dir)
+    path = os.path.join(folder, "recipe.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(recipe, handle)
+    return path
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def vllm_server(recipe: str, port: int, log_path):
+    """`python -m depo_trl.scripts.vllm_server` on a loopback port, until it answers `/health`; stopped by its process
+    group when the block ends, whether the test passed or not."""
+    command = [
+        sys.executable, "-m", "depo_trl.scripts.vllm_server", "--config", recipe,
+        "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=run_environment(**VLLM_ENVIRONMENT),
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not port_is_open(port) or requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code != 200:
+            assert server.poll() is None, f"the server exited: {open(log_path).read()[-3000:]}"
+            assert time.monotonic() < deadline, f"no answer in 300 s: {open(log_path).read()[-3000:]}"
+            time.sleep(2)
+        yield server
+    finally:
+        group = [p for p in psutil.process_iter(["pid"]) if _group_of(p.info["pid"]) == server.pid]
+        os.killpg(server.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(group, timeout=30)
+        for process in alive:
+            process.kill()
+        server.wait(timeout=30)
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def served_log_probs(port: int, sequence: list[int], prompt_length: int) -> list[float]:
+    """The server's log-probabilities of `sequence[prompt_length:]` given what precedes each token."""
+    from trl.generation.vllm_client import VLLMClient
+
+    client = VLLMClient(base_url=f"http://127.0.0.1:{port}", connection_timeout=30)
+    result = client.get_sequence_logprobs([sequence], [prompt_length], top_logprobs=1)
+    return [token[0] for token in result["actual_logprobs"][0]]
+
+
+@pytest.mark.slow
+def test_server_mode_trains_through_the_real_engine_and_serves_the_trained_weights(
+    smollm2_dir, smollm2_data, tmp_path
+):
+    recipe = recipe_for(smollm2_dir, smollm2_data, tmp_path)
+    port = free_port()
+    run = tmp_path / "run"
+    sequence, prompt_length = reference_sequence(smollm2_dir)
+    with vllm_server(recipe, port, tmp_path / "server.log") as server:
+        before = served_log_probs(port, sequence, prompt_length)
+        command = [
+            os.path.join(os.path.dirname(sys.executable), "depo-train"), "--config", recipe, "--output_dir", str(run),
+            "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1",
+            "--vllm_server_port", str(port),
+            # Half of each group rewarded whatever the model says, so both terms have something to train
+            "--reward_funcs", "tests.helpers.alternating_reward",
+            "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e-4",
+            "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "16",
+            "--max_long_prompt_length", "768", "--distillation_chunk_tokens", "900",
+        ]  # fmt: skip
+        result = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=run_environment(**VLLM_ENVIRONMENT)
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        after = served_log_probs(port, sequence, prompt_length)
+        server_pid = server.pid
+    assert not port_is_open(port) and not psutil.pid_exists(server_pid)
+
+    logs = step_logs(run)
+    assert len(logs) == 2
+    for log in logs:  # the rollouts came from vLLM: TRL measured its sampler against the trainer
+        assert "sampling/importance_sampling_ratio/mean" in log and log["depo/kd_tokens"] > 0
+    # The server generated step 2's rollouts with the weights after step 1, which checkpoint-1 holds
+    trained = hf_log_probs(run / "checkpoint-1", sequence, prompt_length)
+    original = hf_log_probs(smollm2_dir, sequence, prompt_length)
+    assert max(abs(a - b) for a, b in zip(before, original)) < 1e-3  # float32 on both sides
+    assert max(abs(a - b) for a, b in zip(after, trained)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(trained, original)) > 1e-2
