@@ -1,4 +1,4 @@
-.PHONY: install vllm-env test test-vllm quality style demo toy-warm-start toy-benchmark toy-benchmark-length toy-benchmark-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
+.PHONY: install vllm-env test test-fast test-vllm quality style demo toy-warm-start toy-compare toy-compare-length toy-compare-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -26,6 +26,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+test-fast: install  ## the unit and small-trainer tests, the everyday loop (slow ones: `make test`)
+	$(BIN)/python -m pytest tests -m "not slow"
 
 test: install vllm-env  ## everything, as CI runs it: the main environment, then the vLLM tests in theirs
 	$(BIN)/python -m pytest tests
@@ -81,14 +84,14 @@ demo: install  ## the toy world end to end on a CPU: the shipped warm start, DeP
 toy-warm-start: install  ## remake the shipped warm start of the toy world (~20 minutes on 2 cores)
 	$(BIN)/python -m depo_trl.toy.warm_start --output-dir depo_trl/toy/shipped_warm_start
 
-toy-benchmark: install  ## the five arms x 5 seeds at toy scale, equal steps and equal time (a benchmark)
-	$(BIN)/python -m depo_trl.toy.benchmark --sweep arms
+toy-compare: install  ## the five arms x 5 seeds at toy scale, equal steps and equal time (the comparison of Table 3)
+	$(BIN)/python -m depo_trl.toy.comparison --sweep arms
 
-toy-benchmark-length: install  ## DePO and RL-on-long at 15 / 30 / 60 long-context distractors
-	$(BIN)/python -m depo_trl.toy.benchmark --sweep length --steps 40
+toy-compare-length: install  ## DePO and RL-on-long at 15 / 30 / 60 long-context distractors
+	$(BIN)/python -m depo_trl.toy.comparison --sweep length --steps 40
 
-toy-benchmark-lambda: install  ## DePO at distillation weights 0 / 0.25 / 0.5 / 1 / 2
-	$(BIN)/python -m depo_trl.toy.benchmark --sweep lambda --steps 40
+toy-compare-lambda: install  ## DePO at distillation weights 0 / 0.25 / 0.5 / 1 / 2
+	$(BIN)/python -m depo_trl.toy.comparison --sweep lambda --steps 40
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) *.egg-info .pytest_cache .ruff_cache

@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerFast
 
 from depo_trl.data.builder import ContextBuilder, length_statistics
 from depo_trl.data.sources import adapt, read_records
-from depo_trl.model_utils import CHATML_TEMPLATE, load_tokenizer
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.models.tiny import CHATML_TEMPLATE
 from depo_trl.user_errors import ArgumentParser, check_model_source, positive_int, reports_usage_errors, require_file
 
 

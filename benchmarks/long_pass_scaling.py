@@ -8,15 +8,16 @@ The long pass alone (forward + backward of the completion log-probs under one lo
 checkpointing as the recipes use it) on a randomly initialised Qwen2 (CPU: hidden 512, 4 layers, GQA 8/2 heads):
 
 - naive: every rollout a `[prompt, completion]` sequence, all in one forward (the pass without sharing);
-- shared: what DePOTrainer runs by default: one packed row per prompt through the model's own SDPA or
-  flash-attention (`depo_trl.long_context`), in chunks of at most `distillation_chunk_tokens` tokens (the default:
-  the prompt and 8 completions), each recomputed in the backward when there are several.
+- shared: what DePOTrainer runs, through its own `depo_trl.distillation.LongPass`: one packed row per prompt through
+  the model's own SDPA or flash-attention (`depo_trl.long_context`), in forwards the memory model sizes (the whole
+  prompt with its rollouts where it fits, as at every point here), held for the backward.
 
 Sweeps: long contexts of 1K, 2K, 4K, 8K tokens at 8 rollouts, and 1, 2, 4, 8, 16 rollouts at 4K; each point runs in
 its own process, so its peak memory (resident set on a CPU, allocator peak on a GPU) is its own. Prints a table,
 writes it with a plot to `--run-dir`, fits how the shared pass's time and memory grow (log-log slopes), and predicts
 the long pass of Qwen2.5-7B at 15K + 8 x 1K tokens per prompt on one 80 GB GPU from the model shapes and the
-measured memory per token. The last line is
+measured memory per token. Beside each shared point, the memory model's prediction (`depo_trl.distillation.memory`)
+for the same shapes. The last line is
 `memory_exponent_L=<a> memory_exponent_rollouts=<b> shared_time_ratio_8x4k=<c>`.
 """
 
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 import psutil
 import torch
+from transformers.utils import is_flash_attn_2_available
 
 from depo_trl.user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, writable_folder
 
@@ -80,17 +82,29 @@ def build_model(shape: ModelShape, device: str, max_positions: int):
         implementation = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
     model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
     model.config._attn_implementation = implementation
-    model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.activation_checkpointing_enable()  # as Trainer.train() does for the recipes' gradient_checkpointing
     model.train()
     add_fused_lm_head(model, temperature=1.0)
     return model
 
 
-def long_pass(model, point: Point, completion_tokens: int, chunk_tokens: int, device: str) -> None:
-    """Forward and backward of the completion log-probs of `point.rollouts` completions under one long prompt."""
-    from torch.utils.checkpoint import checkpoint
+def shape_config(shape: ModelShape):
+    from transformers import Qwen2Config
 
-    from depo_trl.long_context import pack_shared_row, plan_long_pass, shared_row_log_probs
+    return Qwen2Config(
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+    )
+
+
+def long_pass(model, point: Point, completion_tokens: int, device: str) -> None:
+    """Forward and backward of the completion log-probs of `point.rollouts` completions under one long prompt."""
+    from accelerate import Accelerator
+
+    from depo_trl.distillation import LongPass, Rollouts
 
     generator = torch.Generator().manual_seed(point.prompt_tokens * 1000 + point.rollouts)
     vocab = model.config.vocab_size
@@ -103,31 +117,31 @@ def long_pass(model, point: Point, completion_tokens: int, chunk_tokens: int, de
         log_probs = model(input_ids=input_ids, labels=labels, fused_lm_head=True).log_probs
         log_probs.float().sum().backward()
         return
-    chunks = plan_long_pass(
-        [0] * point.rollouts, [point.prompt_tokens] * point.rollouts, [completion_tokens] * point.rollouts,
-        chunk_tokens, share_prefix=True,
-    )  # fmt: skip
+    accelerator = Accelerator(cpu=device == "cpu")
+    completion_ids = torch.stack(completions).to(device)
+    mask = torch.ones_like(completion_ids)
+    rollouts = Rollouts([prompt.to(device)] * point.rollouts, completion_ids, mask, mask)
+    runner = LongPass(
+        accelerator,
+        naive_log_probs=None,
+        pad_token_id=0,
+        share_prefix=True,
+        requested_tokens=None,
+        memory_fraction=0.8,
+        rollouts_per_prompt=point.rollouts,
+    )
+    loss, _ = runner.run(model, rollouts, torch.arange(point.rollouts, device=device), lambda _, logps: logps.sum())
+    loss.backward()
 
-    def chunk_loss(groups, *_):
-        packed = pack_shared_row([(prompt, [(r, completions[r]) for r in group]) for group in groups], device)
-        return shared_row_log_probs(model, packed).float().sum()
 
-    dummy = torch.ones((), device=device, requires_grad=True)
-    losses = [
-        checkpoint(chunk_loss, groups, dummy, use_reentrant=False) if len(chunks) > 1 else chunk_loss(groups)
-        for groups in chunks
-    ]
-    torch.stack(losses).sum().backward()
-
-
-def measure_point(point: Point, shape: ModelShape, completion_tokens: int, chunk_tokens: int, device: str, queue):
+def measure_point(point: Point, shape: ModelShape, completion_tokens: int, device: str, queue):
     """Child process: build the model, warm up on a short input, then time one pass and record its peak memory."""
     from depo_trl.long_context import install_shared_prefix_attention
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = build_model(shape, device, max_positions=point.prompt_tokens + 17 * (completion_tokens + 1) + 64)
     install_shared_prefix_attention(model.config._attn_implementation)
-    long_pass(model, Point(point.method, 64, 2), 8, chunk_tokens, device)  # kernels and allocator warm-up
+    long_pass(model, Point(point.method, 64, 2), 8, device)  # kernels and allocator warm-up
     model.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -136,7 +150,7 @@ def measure_point(point: Point, shape: ModelShape, completion_tokens: int, chunk
     else:
         baseline = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    long_pass(model, point, completion_tokens, chunk_tokens, device)
+    long_pass(model, point, completion_tokens, device)
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
@@ -145,15 +159,13 @@ def measure_point(point: Point, shape: ModelShape, completion_tokens: int, chunk
     queue.put({"seconds": time.perf_counter() - started, "peak_mib": max(peak - baseline, 0) / 2**20})
 
 
-def run_point(point: Point, shape: ModelShape, completion_tokens: int, chunk_tokens: int, device: str) -> dict:
+def run_point(point: Point, shape: ModelShape, completion_tokens: int, device: str) -> dict:
     # glibc returns large freed blocks to the system at once, so the resident set follows what is allocated
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(
-        target=measure_point, args=(point, shape, completion_tokens, chunk_tokens, device, queue), daemon=True
-    )
+    child = context.Process(target=measure_point, args=(point, shape, completion_tokens, device, queue), daemon=True)
     child.start()
     child.join()
     if child.exitcode != 0:
@@ -168,51 +180,75 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((a - mean_x) * (b - mean_y) for a, b in zip(lx, ly)) / sum((a - mean_x) ** 2 for a in lx)
 
 
-def predict_7b(results: list[dict], shape: ModelShape, completion_tokens: int, dtype_bytes: int) -> dict:
-    """Qwen2.5-7B's long pass at 15K + 8 x 1K tokens per prompt, scaled from the measured shared pass.
+def parameters(shape: ModelShape) -> int:
+    """Parameters of a Qwen2 of `shape` (untied embeddings): attention with grouped keys, the gated MLP, the tables."""
+    key_width = shape.hidden // shape.heads * shape.kv_heads
+    layer = 2 * shape.hidden**2 + 2 * shape.hidden * key_width + 3 * shape.hidden * shape.intermediate
+    return shape.layers * layer + 2 * shape.vocab * shape.hidden
 
-    Memory per token of a packed row has two parts. With gradient checkpointing, each layer's input is kept for the
-    backward: `layers x hidden x bytes`, exact from the shapes. The rest is the working set of the one layer being
-    recomputed (its projections, attention, MLP, and their gradients): the measured slope (bytes per row token over
-    the context sweep at 8 rollouts) minus the first part, scaled from this model's width (hidden + MLP) and dtype to
-    Qwen2.5-7B's in bf16. Time: FLOPs (forward, recomputation, backward: 8 x parameters x tokens, plus causal
-    attention) at an assumed 40% of an A100's 312 bf16 TFLOP/s.
+
+def predicted_mib(shape: ModelShape, point: Point, completion_tokens: int, dtype_bytes: int, flash: bool) -> float:
+    """The memory model's peak for one shared point (one held forward of the whole packed row, under gradient
+    checkpointing), plus the parameters' gradients the backward allocates."""
+    from depo_trl.distillation import LongPassMemory
+    from depo_trl.long_context import shared_row_tokens
+
+    memory = LongPassMemory.of_model(
+        shape_config(shape), dtype_bytes, layer_checkpointing=True, rollouts_per_prompt=point.rollouts,
+        keys_repeated_per_head=not flash,
+    )  # fmt: skip
+    row = shared_row_tokens(point.prompt_tokens, [completion_tokens] * point.rollouts)
+    return (row * (memory.held + memory.working) + parameters(shape) * dtype_bytes) / 2**20
+
+
+def predict_7b() -> list[dict]:
+    """Qwen2.5-7B's long pass on one 80 GB GPU of the recipes (ZeRO-3 over 8 GPUs, gradient checkpointing,
+    flash-attention, bf16; 15K-token prompts with 8 x 1K completions): for a window of 4 or 8 prompts per process (the
+    GRPO/DAPO recipes' 64 rollouts; KD distils only the correct ones), with vLLM colocated at 0.3 or on a server, what
+    the memory model plans (`plan_forwards`, with DePOConfig's default memory fraction) and what it costs.
+
+    Time: FLOPs at an assumed 40% of an A100's 312 bf16 TFLOP/s; per row token `2 x parameters` for each forward of
+    the backbone (twice when held: the forward and the layers' recomputation; three times when recomputed) and `4 x`
+    for the backward, plus causal attention over the prompt and each completion over the prompt.
     """
-    shared = sorted(
-        (r for r in results if r["method"] == "shared" and r["rollouts"] == 8), key=lambda r: r["prompt_tokens"]
+    from depo_trl.distillation import LongPassMemory, plan_forwards
+
+    memory = LongPassMemory.of_model(
+        shape_config(QWEN_7B), 2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False
     )
-    row_tokens = [r["prompt_tokens"] + 8 * (completion_tokens + 1) for r in shared]
-    memory = [r["peak_mib"] * 2**20 for r in shared]
-    bytes_per_token = (memory[-1] - memory[0]) / (row_tokens[-1] - row_tokens[0])
-    kept = shape.layers * shape.hidden * dtype_bytes
-    working = max(bytes_per_token - kept, 0.0)
-    width_scale = (QWEN_7B.hidden + QWEN_7B.intermediate) / (shape.hidden + shape.intermediate) * 2 / dtype_bytes
     prompt, rollouts, completion = 15360, 8, 1000
     row = prompt + rollouts * (completion + 1)
-    kept_gib = row * QWEN_7B.layers * QWEN_7B.hidden * 2 / 2**30
-    working_gib = row * working * width_scale / 2**30
-    states_gib = QWEN_7B_PARAMETERS * (2 + 4 + 4 + 4) / 8 / 2**30  # bf16 weights, fp32 master + Adam, ZeRO-3 over 8
-    vllm_gib = 0.3 * 80  # the recipes' vllm_gpu_memory_utilization, colocated
+    states_gib = QWEN_7B_PARAMETERS * (2 + 4 + 4 + 4) / 8 / 2**30  # bf16 weights, fp32 master + Adam, over 8 GPUs
     head_dim = QWEN_7B.hidden // QWEN_7B.heads
     attention_flops = (
         4 * QWEN_7B.layers * QWEN_7B.heads * head_dim * (prompt**2 / 2 + rollouts * (completion + 1) * prompt)
     )
-    flops = 8 * QWEN_7B_PARAMETERS * row + 4 * attention_flops  # forward, recompute, backward (2x)
-    naive_attention = 4 * QWEN_7B.layers * QWEN_7B.heads * head_dim * rollouts * (prompt + completion) ** 2 / 2
-    naive_flops = 8 * QWEN_7B_PARAMETERS * rollouts * (prompt + completion) + 4 * naive_attention
     throughput = 0.4 * 312e12
-    return {
-        "row_tokens": row,
-        "measured_bytes_per_row_token": bytes_per_token,
-        "checkpointed_layer_inputs_gib": kept_gib,
-        "recomputed_layer_working_set_gib": working_gib,
-        "long_pass_activations_gib": kept_gib + working_gib,
-        "zero3_states_gib_per_gpu": states_gib,
-        "vllm_colocated_gib": vllm_gib,
-        "total_gib": kept_gib + working_gib + states_gib + vllm_gib,
-        "shared_seconds_per_prompt": flops / throughput,
-        "naive_seconds_per_prompt": naive_flops / throughput,
-    }
+    predictions = []
+    for generation, vllm_gib in (("colocated", 0.3 * 80), ("server", 0.0)):
+        available = (80 - states_gib - vllm_gib) * 0.8 * 2**30
+        for prompts in (4, 8):
+            window = prompts * row
+            plan = plan_forwards(memory, window, smallest_forward=prompt + completion + 1, available_bytes=available)
+            backbone_runs = 3 if plan.recompute else 2
+            flops = prompts * (
+                (2 * backbone_runs + 4) * QWEN_7B_PARAMETERS * row + (backbone_runs + 2) * attention_flops
+            )
+            held = window if not plan.recompute else min(plan.tokens_per_forward, window)
+            predictions.append(
+                {
+                    "generation": generation,
+                    "prompts": prompts,
+                    "window_tokens": window,
+                    "tokens_per_forward": plan.tokens_per_forward,
+                    "recomputed": plan.recompute,
+                    "long_pass_gib": (held * memory.held + plan.tokens_per_forward * memory.working) / 2**30,
+                    "states_gib": states_gib,
+                    "vllm_gib": vllm_gib,
+                    "seconds_per_prompt": flops / prompts / throughput,
+                }
+            )
+    return predictions
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -273,13 +309,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{completion}-token completions, gradient checkpointing; shared chunks of the context + 8 completions",
         flush=True,
     )
+    flash = args.device == "cuda" and is_flash_attn_2_available()
+    dtype_bytes = 2 if args.device == "cuda" else 4
     results = []
     for point in points:
-        chunk_tokens = point.prompt_tokens + 8 * (completion + 1)  # DePOConfig's default for this context
-        results.append(run_point(point, shape, completion, chunk_tokens, args.device))
+        results.append(run_point(point, shape, completion, args.device))
+        if point.method == "shared":
+            results[-1]["predicted_mib"] = predicted_mib(shape, point, completion, dtype_bytes, flash)
+        predicted = f"  (memory model {results[-1]['predicted_mib']:6.0f})" if point.method == "shared" else ""
         print(
             f"{point.method:6s} context {point.prompt_tokens:6d}  rollouts {point.rollouts:2d}  "
-            f"{results[-1]['seconds']:8.2f} s  peak {results[-1]['peak_mib']:8.0f} MiB",
+            f"{results[-1]['seconds']:8.2f} s  peak {results[-1]['peak_mib']:8.0f} MiB{predicted}",
             flush=True,
         )
 
@@ -301,9 +341,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     time_ratio = reference_pair["shared"]["seconds"] / reference_pair["naive"]["seconds"]
 
-    lines = ["| method | context | rollouts | seconds | peak MiB |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| method | context | rollouts | seconds | peak MiB | memory model MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     lines += [
-        f"| {r['method']} | {r['prompt_tokens']} | {r['rollouts']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |"
+        f"| {r['method']} | {r['prompt_tokens']} | {r['rollouts']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | "
+        f"{r['predicted_mib']:.0f} |"
+        if "predicted_mib" in r
+        else f"| {r['method']} | {r['prompt_tokens']} | {r['rollouts']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | |"
         for r in sorted(
             results, key=lambda r: (r["rollouts"] != fixed_rollouts, r["prompt_tokens"], r["rollouts"], r["method"])
         )
@@ -316,18 +362,19 @@ def main(argv: list[str] | None = None) -> None:
     report = {"device": args.device, "shape": asdict(shape), "completion_tokens": completion, "results": results}
     text = "\n".join(lines) + "\n\n" + fits + "\n"
     if not args.quick:
-        prediction = predict_7b(results, shape, completion, 2 if args.device == "cuda" else 4)
-        report["qwen2.5_7b_prediction"] = prediction
+        predictions = predict_7b()
+        report["qwen2.5_7b_prediction"] = predictions
         text += (
-            f"\nQwen2.5-7B, 15K-token prompt + 8 x 1K completions per prompt (one packed row of "
-            f"{prediction['row_tokens']} tokens, within the recipes' distillation_chunk_tokens 24576; gradient "
-            f"checkpointing, ZeRO-3 over 8 GPUs, vLLM colocated at 0.3): long-pass activations "
-            f"{prediction['long_pass_activations_gib']:.1f} GiB (checkpointed layer inputs "
-            f"{prediction['checkpointed_layer_inputs_gib']:.1f} + one recomputed layer "
-            f"{prediction['recomputed_layer_working_set_gib']:.1f}) + model/optimizer states "
-            f"{prediction['zero3_states_gib_per_gpu']:.1f} GiB + vLLM {prediction['vllm_colocated_gib']:.0f} GiB = "
-            f"{prediction['total_gib']:.1f} GiB of 80; about {prediction['shared_seconds_per_prompt']:.1f} s per "
-            f"prompt (naive: {prediction['naive_seconds_per_prompt']:.1f} s) at 40% of an A100's bf16 peak.\n"
+            "\nQwen2.5-7B, 15K-token prompts + 8 x 1K completions, one 80 GB GPU (ZeRO-3 over 8, gradient "
+            "checkpointing, flash-attention), as the memory model plans a window of the long pass:\n\n"
+            "| vLLM | prompts in the window | tokens per forward | forwards | long pass GiB | states GiB | vLLM GiB "
+            "| s per prompt |\n|---|---:|---:|---|---:|---:|---:|---:|\n"
+        )
+        text += "".join(
+            f"| {p['generation']} | {p['prompts']} | {p['tokens_per_forward']} | "
+            f"{'recomputed' if p['recomputed'] else 'held'} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | "
+            f"{p['vllm_gib']:.0f} | {p['seconds_per_prompt']:.1f} |\n"
+            for p in predictions
         )
     print("\n" + text)
     with open(os.path.join(args.run_dir, "long_pass_scaling.md"), "w") as handle:

@@ -1,6 +1,7 @@
 """Step cost of DePO against long-context RL, and of the shared-prefix long pass against the naive one.
 
     python benchmarks/step_cost.py                       # CPU, tiny model, long prompts ~10x the short ones
+    python benchmarks/step_cost.py --device cuda         # the same on a GPU
 
 One process trains each arm for a few steps from the same random tiny Qwen2 on toy-world rows whose
 long prompts are about 10x the short ones, with a reward that marks half of each prompt's rollouts correct (4 of 8
@@ -24,7 +25,7 @@ from datasets import Dataset
 
 from depo_trl.arms import ARMS
 from depo_trl.toy.training import StepTimer
-from depo_trl.user_errors import ArgumentParser, positive_int, reports_usage_errors
+from depo_trl.user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors
 
 
 def alternate_correct(completions, **kwargs):
@@ -32,10 +33,19 @@ def alternate_correct(completions, **kwargs):
     return [float(index % 2 == 0) for index in range(len(completions))]
 
 
-class PeakRSS:
-    """Peak resident memory of this process while the block runs, sampled every 5 ms, minus where it started."""
+class PeakMemory:
+    """Peak memory growth of this process while the block runs: the resident set sampled every 5 ms on a CPU, the
+    allocator's peak on a GPU."""
+
+    def __init__(self, device: str):
+        self.device = device
 
     def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
         self.process = psutil.Process()
         self.start = self.peak = self.process.memory_info().rss
         self.running = True
@@ -49,6 +59,10 @@ class PeakRSS:
             time.sleep(0.005)
 
     def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.growth_mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+            return
         self.running = False
         self.thread.join()
         self.growth_mb = (self.peak - self.start) / 2**20
@@ -56,8 +70,9 @@ class PeakRSS:
 
 def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[str, float]:
     """Train one arm for 1 + `args.steps` steps; median step time, long-pass forward time, peak RSS growth."""
-    from depo_trl import DePOConfig, DePOTrainer
-    from depo_trl.model_utils import build_tiny_qwen2
+    from depo_trl import DePOTrainer
+    from depo_trl.models.tiny import build_tiny_qwen2
+    from depo_trl.toy.training import cpu_depo_config
 
     torch.manual_seed(0)
     model = build_tiny_qwen2(
@@ -68,23 +83,18 @@ def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[
         num_key_value_heads=8,
         max_position_embeddings=2048,
     )
-    config = DePOConfig(
-        output_dir=os.path.join(args.run_dir, name),
+    config = cpu_depo_config(
+        os.path.join(args.run_dir, name),
         per_device_train_batch_size=args.prompts * args.generations,
         num_generations=args.generations,
         max_completion_length=args.completion_tokens,
         generation_kwargs={"min_new_tokens": args.completion_tokens},
         max_steps=args.steps + 1,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
+        use_cpu=args.device == "cpu",
         disable_tqdm=True,
         distillation_chunk_tokens=args.chunk_tokens,
         **settings,
     )
-    long_pass_seconds = []
     timer = StepTimer()
     trainer = DePOTrainer(
         model=model,
@@ -94,26 +104,18 @@ def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[
         processing_class=tokenizer,
         callbacks=[timer],
     )
-    window_long_pass = trainer._window_long_pass
-
-    def timed_long_pass(*pass_args, **pass_kwargs):
-        started = time.perf_counter()
-        loss = window_long_pass(*pass_args, **pass_kwargs)
-        long_pass_seconds.append(time.perf_counter() - started)
-        return loss
-
-    trainer._window_long_pass = timed_long_pass
-    with PeakRSS() as memory:
+    with PeakMemory(args.device) as memory:
         trainer.train()
-    # The long pass's backward runs inside the step's backward: the time measured here is its forward only.
+    # The long pass's backward runs inside the step's backward: `depo/long_pass_seconds` is its forward only
+    long_pass = [log["depo/long_pass_seconds"] for log in trainer.state.log_history if "depo/long_pass_seconds" in log]
     return {
         "step": statistics.median(timer.step_seconds[1:]),
-        "long_pass_forward": statistics.median(long_pass_seconds[1:]) if long_pass_seconds else 0.0,
+        "long_pass_forward": statistics.median(long_pass[1:]) if long_pass else 0.0,
         "memory_mb": memory.growth_mb,
     }
 
 
-def cpu_benchmark(args) -> None:
+def benchmark(args) -> None:
     from depo_trl.toy.world import ToyWorldConfig, build_toy_tokenizer, generate_rows
 
     tokenizer = build_toy_tokenizer()
@@ -148,7 +150,7 @@ def cpu_benchmark(args) -> None:
         results[name] = measure_arm(name, settings, rows, tokenizer, args)
         print(
             f"{name:15s} step {results[name]['step']:.3f} s   long-pass forward "
-            f"{results[name]['long_pass_forward']:.3f} s   peak RSS growth {results[name]['memory_mb']:.0f} MB",
+            f"{results[name]['long_pass_forward']:.3f} s   peak memory growth {results[name]['memory_mb']:.0f} MB",
             flush=True,
         )
 
@@ -183,16 +185,18 @@ def main(argv: list[str] | None = None) -> None:
         "--chunk-tokens",
         type=positive_int,
         default=None,
-        help="distillation_chunk_tokens (default: the library's, one prompt per forward, so a step's several forwards "
-        "are recomputed in the backward; a budget that holds the whole step's rollouts runs one forward, no recompute).",
+        help="distillation_chunk_tokens (default: the library's, the memory model's forward size).",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--hidden", type=positive_int, default=128)
     parser.add_argument("--layers", type=positive_int, default=4)
     parser.add_argument("--run-dir", default="runs/step_cost")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; run without --device (the CPU).")
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cpu_benchmark(args)
+    benchmark(args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .arms import ARMS, arm_for
+from .distillation import DISTILLATIONS
 from .losses import IW_REDUCTIONS
 from .user_errors import UsageError
 
@@ -31,11 +32,14 @@ class DePOConfig(GRPOConfig):
         max_long_prompt_length (`int`, *optional*):
             If set, rows whose rendered long prompt has more tokens are dropped before training, with one warning.
         distillation_chunk_tokens (`int`, *optional*):
-            Tokens the long-context pass holds at once. The pass is planned in chunks of at most this many tokens,
-            each recomputed in the backward when a process holds more, so memory holds one chunk at a time; a prompt
-            whose rollouts do not fit is split over chunks. Defaults to one prompt with all its rollouts:
-            `max_long_prompt_length + num_generations * (max_completion_length + 1)`, or, when
-            `max_long_prompt_length` is not set, the longest such row of each optimizer window.
+            Tokens one forward of the long-context pass holds (a packed row of prompts with their rollouts; a prompt
+            whose rollouts do not fit is split). Defaults to what the memory model says fits: the whole optimizer
+            window when it does, else forwards that fit beside everything the window's forwards keep for the
+            backward, else forwards recomputed in the backward.
+        distillation_memory_fraction (`float`, *optional*, defaults to `0.8`):
+            Share of the memory free when the long pass starts (accelerator memory, or RAM on a CPU) that it may
+            fill. The memory model sizes its forwards and decides whether they are kept for the backward or
+            recomputed in it (each recomputed forward runs its backbone once more).
         share_long_prefix (`bool`, *optional*, defaults to `True`):
             Compute a long prompt once for all its rollouts (one packed row, computed by the model's own SDPA or
             flash-attention). Other attention implementations fall back to one sequence per rollout, with a warning.
@@ -67,7 +71,7 @@ class DePOConfig(GRPOConfig):
             "help": "Long-context term: 'kd' (conditional distillation of the correct short-context rollouts into "
             "the long context, DePO), 'iw' (importance-weighted off-policy RL on the long context, DePO-IW) or 'none' "
             "(plain RL, for the baselines).",
-            "choices": ["kd", "iw", "none"],
+            "choices": [*DISTILLATIONS, "none"],
         },
     )
     distillation_coef: float = field(
@@ -92,10 +96,16 @@ class DePOConfig(GRPOConfig):
     distillation_chunk_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "Tokens the long-context pass holds at once: it runs in chunks of at most this many tokens, each "
-            "recomputed in the backward when a process holds more; a prompt whose rollouts do not fit is split. "
-            "Default: one prompt with all its rollouts, max_long_prompt_length + num_generations * "
-            "(max_completion_length + 1), or the longest such row of each window when max_long_prompt_length is not set."
+            "help": "Tokens one forward of the long-context pass holds (a packed row of prompts with their rollouts; "
+            "a prompt whose rollouts do not fit is split). Default: what the memory model says fits, within "
+            "distillation_memory_fraction of the free memory."
+        },
+    )
+    distillation_memory_fraction: float = field(
+        default=0.8,
+        metadata={
+            "help": "Share of the memory free when the long pass starts (accelerator memory, or RAM on a CPU) that it "
+            "may fill: sizes its forwards and decides whether they are kept for the backward or recomputed in it."
         },
     )
     share_long_prefix: bool = field(
@@ -125,7 +135,9 @@ class DePOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if arm_for(self.rollout_context, self.distillation) is None:
+        # The paper's arms, and any other registered term on short-context rollouts (a new variant of the term)
+        new_term = self.rollout_context == "short" and self.distillation in DISTILLATIONS
+        if arm_for(self.rollout_context, self.distillation) is None and not new_term:
             valid = "; ".join(
                 f"rollout_context={a.rollout_context!r}, distillation={a.distillation!r} ({a.paper_name})"
                 for a in ARMS.values()
@@ -158,12 +170,12 @@ class DePOConfig(GRPOConfig):
             self.vllm_weight_sync_dir = os.path.join(self.output_dir, "vllm_weights")
         if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
             raise UsageError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
-        completion_length = self.max_completion_length or 0
-        if self.distillation_chunk_tokens is None and self.max_long_prompt_length is not None:
-            self.distillation_chunk_tokens = self.max_long_prompt_length + (self.num_generations or 1) * (
-                completion_length + 1
+        if not 0 < self.distillation_memory_fraction <= 1:
+            raise UsageError(
+                f"distillation_memory_fraction must be in (0, 1], got {self.distillation_memory_fraction}: it is the "
+                "share of the free memory the long pass may fill."
             )
-        smallest = (self.max_long_prompt_length or 1) + completion_length
+        smallest = (self.max_long_prompt_length or 1) + (self.max_completion_length or 0)
         if self.distillation_chunk_tokens is not None and self.distillation_chunk_tokens < smallest:
             raise UsageError(
                 f"distillation_chunk_tokens={self.distillation_chunk_tokens} cannot hold one long prompt and one "

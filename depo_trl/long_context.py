@@ -165,10 +165,11 @@ class PrefixGroup:
 @dataclass
 class SharedPrefixLayout:
     """The groups of a packed row, in row order. Masks built for the row are kept, so each shape is built once per
-    row rather than once per layer."""
+    row rather than once per layer; `attention_calls` counts the attention layers that computed the row from it."""
 
     groups: list[PrefixGroup]
     masks: dict = field(default_factory=dict, repr=False)
+    attention_calls: int = 0
 
 
 @dataclass
@@ -232,13 +233,18 @@ def pack_shared_row(
     )
 
 
-def shared_row_log_probs(model: torch.nn.Module, packed: SharedPrefixRow, **model_kwargs) -> torch.Tensor:
+def shared_row_log_probs(
+    model: torch.nn.Module, packed: SharedPrefixRow, attention_layers: int, **model_kwargs
+) -> torch.Tensor:
     """Next-token log-probs `(1, L)` of a packed row, through TRL's fused LM head (no `[L x vocab]` logits).
 
     The model gets a prepared 4D placeholder mask, which its mask builders return as is: the attention computes the
-    row from its layout, so no `L x L` mask (or packed-sequence detection) is made for it.
+    row from its layout, so no `L x L` mask (or packed-sequence detection) is made for it. An attention layer that
+    does not go through transformers' registered attention function never sees the layout and would attend over the
+    placeholder, without the row's causal structure: a model with such a layer is refused before its log-probs are
+    used (`attention_layers`: how many layers the model has).
     """
-    return model(
+    log_probs = model(
         input_ids=packed.input_ids,
         attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
         position_ids=packed.position_ids,
@@ -247,6 +253,14 @@ def shared_row_log_probs(model: torch.nn.Module, packed: SharedPrefixRow, **mode
         **model_kwargs,
         **{SHARED_PREFIX_KWARG: packed.layout},
     ).log_probs
+    if packed.layout.attention_calls != attention_layers:
+        raise RuntimeError(
+            f"share_long_prefix: {packed.layout.attention_calls} of the model's {attention_layers} attention layers "
+            "computed the packed long-context row from its layout; the others bypass transformers' registered "
+            "attention function and would attend without the row's causal structure. Set share_long_prefix: false "
+            "for this model."
+        )
+    return log_probs
 
 
 def causal_band_mask(
@@ -331,6 +345,7 @@ def shared_prefix_attention(original: Callable, flash: bool) -> Callable:
             return original(module, query, key, value, attention_mask, **kwargs)
         # The row's own mask and positions describe the packing, not what `original` should apply
         kwargs.pop("position_ids", None)
+        layout.attention_calls += 1
         return _attend_shared_prefix(original, flash, module, query, key, value, layout, kwargs)
 
     attention.computes_shared_prefix = True

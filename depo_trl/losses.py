@@ -55,6 +55,17 @@ def conditional_kd_loss(long_logps: torch.Tensor, short_logps: torch.Tensor, wei
     return _weighted_sum(short_logps.detach() - long_logps, weights)
 
 
+def kd_gradient_surrogate(long_logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The long pass's share of L_KD: `sum_t weights_t * (sg(long_t) - long_t)`, zero in value, with L_KD's gradient
+    `-weights * grad long_logps`.
+
+    L_KD's value needs the short-context teacher, which each micro-batch's proxy pass computes later on; the long pass
+    runs before it, once per optimizer window, and contributes only the gradient. [`conditional_kd_loss`] with the
+    teacher then gives each micro-batch's value.
+    """
+    return conditional_kd_loss(long_logps, long_logps, weights)
+
+
 def importance_log_weights(
     long_logps: torch.Tensor,
     old_short_logps: torch.Tensor,

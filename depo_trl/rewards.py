@@ -155,3 +155,8 @@ def f1_reward(completions: list, answer: list | None = None, **kwargs) -> list[f
 
 
 REWARD_FUNCTIONS = {"em": em_reward, "f1": f1_reward}
+
+
+def reads_answer_column(reward_funcs: Sequence) -> bool:
+    """Whether any of `reward_funcs` is a built-in reward, which reads the `answer` column."""
+    return any(func in REWARD_FUNCTIONS.values() for func in reward_funcs)

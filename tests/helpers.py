@@ -1,13 +1,24 @@
-"""Helpers the test files share: launching the entry point on several processes, and reading what a run saved."""
+"""Helpers the test files share: rows and a tiny trainer, gradients of an optimizer window, launching the entry
+point on several processes, and reading what a run saved."""
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from depo_trl import DePOTrainer
+from depo_trl.data.template import render_prompt
+from depo_trl.distillation.long_pass import uses_layer_checkpointing
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.toy.training import cpu_depo_config
+from depo_trl.trainer import open_window
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,3 +92,90 @@ def alternating_reward(completions, **kwargs) -> list[float]:
     """1, 0, 1, 0, ...: every group has correct and wrong rollouts, so advantages and distilled rollouts are both
     present whatever the model says."""
     return [float(index % 2 == 0) for index in range(len(completions))]
+
+
+NAMES = ["alba", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo"]
+CITIES = ["paris", "rome", "oslo", "lima", "kyoto", "cairo", "quito", "perth"]
+# The training template's words (rendered with empty passages and question), and those of the rows below
+TEMPLATE_WORDS = (
+    render_prompt("", "")
+    + " Passage : was born in Where ? Therefore , the answer is / "
+    + " ".join(str(number) for number in range(1, 13))
+)
+
+
+def make_rows(num_rows: int = 8, num_distractors: int = 6, seed: int = 0) -> list[dict]:
+    """Rows with a short prompt (gold + one distractor) and a long prompt (plus `num_distractors` more)."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(num_rows):
+        person, city = NAMES[index % len(NAMES)], CITIES[index % len(CITIES)]
+        gold = f"{person} was born in {city} ."
+        others = [f"{rng.choice(NAMES)} was born in {rng.choice(CITIES)} ." for _ in range(num_distractors + 1)]
+        question = f"Question : Where was {person} born ? Therefore , the answer is"
+        short = [gold, others[0]]
+        long = short + others[1:]
+        rng.shuffle(short)
+        rng.shuffle(long)
+        rows.append(
+            {
+                "id": f"row-{index}",
+                "prompt": [{"role": "user", "content": " ".join(short) + " " + question}],
+                "long_prompt": [{"role": "user", "content": " ".join(long) + " " + question}],
+                "answer": [city],
+            }
+        )
+    return rows
+
+
+NUM_GENERATIONS = 4
+
+
+def make_trainer(
+    model_dir, dataset: Dataset, output_dir, reward=alternating_reward, eval_dataset=None, model=None, **overrides
+) -> DePOTrainer:
+    """A DePOTrainer on the tiny model of `model_dir` (or `model`), float32 so gradients compare to float tolerance:
+    4 rollouts per prompt, 6-token completions, 2 steps, unless `overrides` say otherwise."""
+    settings = {
+        "per_device_train_batch_size": NUM_GENERATIONS,
+        "num_generations": NUM_GENERATIONS,
+        "max_completion_length": 6,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "seed": 0,
+        "use_cpu": True,
+        **overrides,
+    }
+    return DePOTrainer(
+        model=model if model is not None else AutoModelForCausalLM.from_pretrained(model_dir),
+        reward_funcs=reward,
+        args=cpu_depo_config(str(output_dir), **settings),
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=load_tokenizer(model_dir),
+    )
+
+
+def generation_batch(trainer: DePOTrainer, dataset: Dataset, num_prompts: int) -> dict:
+    """A training generation batch of the first `num_prompts` rows of `dataset`, each repeated per rollout."""
+    trainer.model.train()
+    rows = [row for row in dataset.select(range(num_prompts)) for _ in range(NUM_GENERATIONS)]
+    return trainer._generate_and_score_completions(rows)
+
+
+def enable_layer_checkpointing(model) -> None:
+    """Gradient checkpointing of the model's layers, as `Trainer.train()` turns it on (DePOConfig's default; a
+    trainer built but not trained has it off)."""
+    model.activation_checkpointing_enable()
+    assert uses_layer_checkpointing(model)
+
+
+def accumulated_gradients(trainer: DePOTrainer, micro_batches: list[dict]) -> dict[str, torch.Tensor]:
+    """Gradients summed over `micro_batches` as one optimizer window, the way `Trainer.training_step` sums them."""
+    if trainer.args.distillation != "none":
+        open_window(micro_batches)
+    trainer.model.zero_grad()
+    trainer.current_gradient_accumulation_steps = len(micro_batches)
+    for micro_batch in micro_batches:
+        trainer.compute_loss(trainer.model, micro_batch).backward()
+    return {name: param.grad.clone() for name, param in trainer.model.named_parameters() if param.grad is not None}

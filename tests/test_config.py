@@ -40,10 +40,9 @@ def test_defaults_are_depo():
     assert args.distillation_reward_threshold == 1.0
 
 
-def test_the_long_pass_holds_one_prompt_with_its_rollouts_by_default():
-    assert (
-        config(max_long_prompt_length=15360, num_generations=8, max_completion_length=1000).distillation_chunk_tokens
-        == 15360 + 8 * 1001
-    )
-    assert config().distillation_chunk_tokens is None  # then: the longest prompt group of each window
+def test_the_forward_size_is_the_memory_model_s_unless_set():
+    # No config-time formula: the long pass sizes its forwards from the memory free when it runs
+    assert config(max_long_prompt_length=15360, num_generations=8).distillation_chunk_tokens is None
     assert config(distillation_chunk_tokens=4096).distillation_chunk_tokens == 4096
+    with pytest.raises(ValueError, match="distillation_memory_fraction must be in"):
+        config(distillation_memory_fraction=0.0)

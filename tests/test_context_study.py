@@ -16,7 +16,7 @@ from depo_trl.evaluation.backends import make_backend
 from depo_trl.evaluation.context_study import length_label, parse_lengths
 from depo_trl.evaluation.context_study import main as study_main
 from depo_trl.evaluation.judge import JudgeCache, JudgeClient, compare_lengths, parse_verdict
-from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
+from depo_trl.models.tiny import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 from depo_trl.user_errors import UsageError
 
 

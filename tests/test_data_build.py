@@ -11,7 +11,8 @@ from depo_trl import DePOConfig, DePOTrainer
 from depo_trl.data.build import main as build_main
 from depo_trl.data.sources import Paragraph, from_hotpotqa, from_musique, read_records
 from depo_trl.data.template import format_passages, render_prompt
-from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.models.tiny import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 from depo_trl.rewards import em_reward
 
 

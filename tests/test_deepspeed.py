@@ -12,11 +12,14 @@ import pytest
 from .helpers import WARM_START, largest_difference, launch, saved_weights, step_logs
 
 
-# The tiny recipe (the toy world's warm start, which earns reward) with a long pass in several chunks per window:
-# a prompt with its 8 rollouts is about 250 tokens, so 200 tokens split each prompt's rollouts over two forwards.
+# The tiny recipe (the toy world's warm start, which earns reward) with a long pass in several forwards per window:
+# a prompt with its 8 rollouts is about 250 tokens, so 200 tokens split each prompt's rollouts over two forwards, and
+# a memory share too small to hold them makes every forward but the last recomputed in the backward, where ZeRO-3
+# gathers the parameters again (through the model's layer checkpoints, which train() turns on).
 SGD_WITHOUT_CLIPPING = [
     "--optim", "sgd", "--max_grad_norm", "0", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
     "--max_steps", "3", "--max_long_prompt_length", "150", "--distillation_chunk_tokens", "200",
+    "--distillation_memory_fraction", "1e-12",
 ]  # fmt: skip
 
 

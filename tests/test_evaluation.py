@@ -11,7 +11,8 @@ from depo_trl.evaluation.__main__ import main as evaluation_main
 from depo_trl.evaluation.runner import EvalSettings, parse_tasks
 from depo_trl.evaluation.scoring import longbench_lenient, template_lenient
 from depo_trl.evaluation.tasks import TASKS, load_ruler, moderate_examples, truncate_middle
-from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.models.tiny import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

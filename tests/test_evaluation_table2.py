@@ -14,7 +14,8 @@ from depo_trl.evaluation.frames import article_title, with_articles
 from depo_trl.evaluation.runner import TABLE2_COLUMNS, parse_tasks, results_table
 from depo_trl.evaluation.scoring import docmath_correct, extract_choice
 from depo_trl.evaluation.tasks import TASKS, Decoding, load_docmath, load_frames, load_longbench_v2
-from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, load_tokenizer, save_model_and_tokenizer
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.models.tiny import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 from depo_trl.user_errors import UsageError
 
 

@@ -104,7 +104,7 @@ def test_a_plain_install_runs_every_readme_command(tmp_path, tiny_model_dir):
     assert (tmp_path / "eval" / "ruler_qa.png").is_file()
     trained = run(
         ["depo-train", "--config", os.path.join(ROOT, "recipes", "tiny", "depo.yaml"),
-         "--model_name_or_path", os.path.join(ROOT, "recipes", "tiny", "assets", "model"),
+         "--model_name_or_path", os.path.join(ROOT, "depo_trl", "toy", "shipped_warm_start"),
          "--dataset_name", os.path.join(ROOT, "recipes", "tiny", "assets", "toy_world.jsonl"),
          "--output_dir", "run", "--max_steps", "1", "--save_strategy", "no"]
     )  # fmt: skip

@@ -19,10 +19,10 @@ from depo_trl.long_context import (
     shared_row_tokens,
 )
 from depo_trl.losses import distillation_mask
-from depo_trl.model_utils import build_tiny_qwen2, load_tokenizer
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.models.tiny import build_tiny_qwen2
 
-from .conftest import make_rows
-from .test_trainer import accumulated_gradients, generation_batch, make_trainer
+from .helpers import accumulated_gradients, enable_layer_checkpointing, generation_batch, make_rows, make_trainer
 
 
 KEYS = ["a", "b", "a", "a", "c", "b"]
@@ -45,7 +45,7 @@ def test_plan_by_hand():
     assert shared_row_tokens(10, [3, 2]) == 16
 
 
-def test_default_budget_is_one_prompt_with_its_rollouts():
+def test_one_prompt_budget_for_devices_without_a_memory_reading():
     # Shared rows: a = 10 + (3 + 2 + 5) + 2 = 22, b = 20 + (4 + 6) + 1 = 31, c = 5 + 1 = 6; the largest is b's
     assert one_prompt_budget(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, share_prefix=True) == 31
     plan = plan_long_pass(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, 31, share_prefix=True)
@@ -177,19 +177,22 @@ def uneven_dataset() -> Dataset:
     return Dataset.from_list([rows[i] for i in (0, 4, 1, 5, 2, 6, 3, 7)])
 
 
-def shorten_completions(trainer, batch, lengths):
+def shorten_completions(batch, lengths):
     """Completions of different lengths (right padding), as if some had stopped early."""
     batch["completion_mask"] = batch["completion_mask"].clone()
     for row, length in enumerate(lengths):
         batch["completion_mask"][row, length:] = 0
-    state = batch["long_context"][0]
-    state.completion_mask = state.loss_mask = batch["completion_mask"]
-    if trainer.args.distillation == "kd":
-        state.distilled_mask = distillation_mask(batch["completion_mask"], batch["rewards"])
-    else:
-        state.distilled_mask = batch["completion_mask"]
-    state.tokens_in_batch = state.distilled_mask.sum().float()
+    term = batch["distillation"][0]
+    term.rollouts.completion_mask = term.rollouts.loss_mask = batch["completion_mask"]
+    counted = batch["completion_mask"]
+    if term.name == "kd":
+        counted = distillation_mask(counted, term.rewards, term.threshold)
+    term.tokens_in_batch = counted.sum().float()
     batch["num_items_in_batch"] = batch["completion_mask"].sum()
+
+
+# A share of the free memory too small for anything: the long pass recomputes every forward but the last
+NO_MEMORY = {"distillation_memory_fraction": 1e-12}
 
 
 @pytest.mark.parametrize(("distillation", "level"), [("kd", "token"), ("iw", "token"), ("iw", "sequence")])
@@ -197,26 +200,40 @@ def shorten_completions(trainer, batch, lengths):
     "variant",
     [
         {"share_long_prefix": True},
-        {"share_long_prefix": False, "distillation_chunk_tokens": 200},
+        {"share_long_prefix": False, "distillation_chunk_tokens": 200, **NO_MEMORY},
         {"share_long_prefix": True, "distillation_chunk_tokens": 60},
-        {"share_long_prefix": True, "gradient_checkpointing": True},
-        {"share_long_prefix": True, "gradient_checkpointing": True, "distillation_chunk_tokens": 60},
+        {"share_long_prefix": True, "distillation_chunk_tokens": 60, **NO_MEMORY},
+        {"share_long_prefix": True, "layer_checkpointing": True},
+        {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True},
+        {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True, **NO_MEMORY},
     ],
-    ids=["shared", "chunked", "shared+split-prompts", "shared+checkpointing", "shared+split+checkpointing"],
+    ids=[
+        "shared",
+        "naive-recomputed",
+        "shared+split-held",
+        "shared+split-recomputed",
+        "shared+checkpointing",
+        "shared+split+checkpointing-held",
+        "shared+split+checkpointing-recomputed",
+    ],
 )
 def test_shared_and_chunked_long_pass_match_the_naive_gradient(tiny_model_dir, tmp_path, distillation, level, variant):
-    """Prompt-side padding (two long-prompt lengths) and completion-side padding (completions cut short)."""
+    """Prompt-side padding (two long-prompt lengths) and completion-side padding (completions cut short); forwards
+    held for the backward or recomputed in it; the model's layers checkpointed as `Trainer.train()` does it."""
     dataset = uneven_dataset()
     common = {"distillation": distillation, "importance_sampling_level": level, "per_device_train_batch_size": 8}
     naive = make_trainer(tiny_model_dir, dataset, tmp_path / "naive", share_long_prefix=False, **common)
     batch = generation_batch(naive, dataset, num_prompts=2)
-    shorten_completions(naive, batch, [6, 3, 6, 2, 5, 6, 1, 4])
-    state = batch["long_context"][0]
-    assert len({len(ids) for ids in state.long_prompt_ids}) == 2
+    shorten_completions(batch, [6, 3, 6, 2, 5, 6, 1, 4])
+    assert len({len(ids) for ids in batch["distillation"][0].rollouts.long_prompt_ids}) == 2
     reference = accumulated_gradients(naive, [batch])
 
-    other = make_trainer(tiny_model_dir, dataset, tmp_path / "other", **common, **variant)
+    settings = dict(variant)
+    layer_checkpointing = settings.pop("layer_checkpointing", False)
+    other = make_trainer(tiny_model_dir, dataset, tmp_path / "other", **common, **settings)
     other.model.train()
+    if layer_checkpointing:
+        enable_layer_checkpointing(other.model)
     gradients = accumulated_gradients(other, [dict(batch)])
     assert reference.keys() == gradients.keys()
     # float32: the packed and chunked passes sum the same terms in another order
@@ -229,7 +246,7 @@ def test_the_default_long_pass_builds_no_mask_as_long_as_the_row(tiny_model_dir,
     square mask, so nothing of size L x L, is built for a packed row."""
     dataset = uneven_dataset()
     trainer = make_trainer(tiny_model_dir, dataset, tmp_path, distillation="iw", per_device_train_batch_size=8)
-    assert trainer.model.config._attn_implementation == "sdpa" and trainer._long_prefix_sharing_enabled()
+    assert trainer.model.config._attn_implementation == "sdpa" and trainer.long_pass.share_prefix
     batch = generation_batch(trainer, dataset, num_prompts=2)
     calls, in_long_pass = [], []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -239,23 +256,23 @@ def test_the_default_long_pass_builds_no_mask_as_long_as_the_row(tiny_model_dir,
             calls.append((query.shape[-2], key.shape[-2], None if attn_mask is None else tuple(attn_mask.shape[-2:])))
         return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
 
-    window_long_pass = trainer._window_long_pass
+    run = trainer.long_pass.run
 
     def recording_long_pass(*args, **kwargs):
         in_long_pass.append(True)
         try:
-            return window_long_pass(*args, **kwargs)
+            return run(*args, **kwargs)
         finally:
             in_long_pass.clear()
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
-    trainer._window_long_pass = recording_long_pass
+    monkeypatch.setattr(trainer.long_pass, "run", recording_long_pass)
     accumulated_gradients(trainer, [batch])
     prefix_calls = [call for call in calls if call[2] is None]
     segment_calls = [call for call in calls if call[2] is not None]
     assert prefix_calls and all(queries == keys for queries, keys, _ in prefix_calls)
     assert segment_calls and all(mask == (queries, keys) and queries < keys for queries, keys, mask in segment_calls)
-    longest_row = max(len(ids) for ids in batch["long_context"][0].long_prompt_ids)
+    longest_row = max(len(ids) for ids in batch["distillation"][0].rollouts.long_prompt_ids)
     assert all(queries < longest_row // 4 for queries, _, _ in segment_calls)
 
 
@@ -282,19 +299,19 @@ def test_sliding_window_layers_on_sdpa_share_one_band_mask_per_row(tiny_model_di
             square_masks.append((query.shape[-2], attn_mask))
         return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
 
-    window_long_pass = trainer._window_long_pass
+    run = trainer.long_pass.run
 
     def recording_long_pass(*args, **kwargs):
         square_masks.clear()
         monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
         try:
-            return window_long_pass(*args, **kwargs)
+            return run(*args, **kwargs)
         finally:
             monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
 
-    trainer._window_long_pass = recording_long_pass
+    monkeypatch.setattr(trainer.long_pass, "run", recording_long_pass)
     accumulated_gradients(trainer, [batch])
-    prefix_lengths = {len(ids) - 1 for ids in batch["long_context"][0].long_prompt_ids}
+    prefix_lengths = {len(ids) - 1 for ids in batch["distillation"][0].rollouts.long_prompt_ids}
     assert {queries for queries, _ in square_masks} == prefix_lengths  # only the prefixes', none as long as a row
     assert len(square_masks) == 3 * len(prefix_lengths)  # three sliding layers, one row per prompt
     assert len({id(mask) for _, mask in square_masks}) == len(prefix_lengths)  # built once per row

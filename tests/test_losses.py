@@ -13,6 +13,7 @@ from depo_trl.losses import (
     importance_weighted_loss,
     importance_weighted_terms,
     iw_token_weights,
+    kd_gradient_surrogate,
     kd_token_weights,
 )
 
@@ -41,6 +42,18 @@ def test_kd_loss_uses_the_given_normalizer_and_threshold():
     loss = conditional_kd_loss(long_logps, short_logps, weights)
     # Only row 1 passes 0.8: three gaps of -1.0 - (-0.5) = -0.5, summed, over 10.
     assert loss.item() == pytest.approx(-1.5 / 10)
+
+
+def test_kd_gradient_surrogate_is_zero_in_value_with_the_gradient_of_kd():
+    long_logps, short_logps, mask = kd_inputs()
+    weights = kd_token_weights(mask, torch.tensor([1.0, 1.0]), normalizer=4.0)
+    surrogate = kd_gradient_surrogate(long_logps, weights)
+    assert surrogate.item() == 0.0
+    surrogate.backward()
+    torch.testing.assert_close(long_logps.grad, -weights)
+    reference = long_logps.detach().clone().requires_grad_()
+    conditional_kd_loss(reference, short_logps, weights).backward()
+    torch.testing.assert_close(long_logps.grad, reference.grad)
 
 
 @pytest.mark.parametrize("rewards", [[0.0, 0.5], [float("nan"), 0.0]])

@@ -16,10 +16,10 @@ from trl import GRPOTrainer
 from depo_trl.evaluation.generation import generate_completions
 from depo_trl.evaluation.runner import EvalSettings
 from depo_trl.evaluation.tasks import truncate_middle
-from depo_trl.model_utils import build_tiny_qwen2, load_tokenizer
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.models.tiny import build_tiny_qwen2
 
-from .conftest import make_rows
-from .test_trainer import NUM_GENERATIONS, accumulated_gradients, generation_batch, make_trainer
+from .helpers import NUM_GENERATIONS, accumulated_gradients, generation_batch, make_rows, make_trainer
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,14 +98,14 @@ def test_shared_prefix_matches_the_naive_pass_on_a_sliding_window_model(tiny_mod
     common = {"distillation": distillation, "per_device_train_batch_size": 8, "optim": "sgd"}
     naive = make_trainer(tiny_model_dir, dataset, tmp_path / "naive", model=model, share_long_prefix=False, **common)
     batch = generation_batch(naive, dataset, num_prompts=2)
-    state = batch["long_context"][0]
-    assert min(len(ids) for ids in state.long_prompt_ids) > 4 * model.config.sliding_window
+    long_prompt_ids = batch["distillation"][0].rollouts.long_prompt_ids
+    assert min(len(ids) for ids in long_prompt_ids) > 4 * model.config.sliding_window
     reference = accumulated_gradients(naive, [batch])
 
     shared_model = type(model)(model.config)
     shared_model.load_state_dict(model.state_dict())
     shared = make_trainer(tiny_model_dir, dataset, tmp_path / "shared", model=shared_model, **common)
-    assert shared._long_prefix_sharing_enabled()
+    assert shared.long_pass.share_prefix
     gradients = accumulated_gradients(shared, [dict(batch)])
     for name, grad in reference.items():
         torch.testing.assert_close(gradients[name], grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -160,6 +160,7 @@ def test_a_max_length_that_leaves_no_room_for_the_prompt_is_rejected(tiny_tokeni
     assert length == 10 and len(tiny_tokenizer(truncated)["input_ids"]) == 10
 
 
+@pytest.mark.slow
 def test_depo_train_console_script_runs_the_tiny_recipe(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "depo-train")
     assert os.path.isfile(script), "the package is not installed with its console scripts (pip install -e .)"
@@ -249,8 +250,8 @@ def test_iw_term_applies_trl_off_policy_mask(tiny_model_dir, tiny_dataset, tmp_p
     reference_batch = generation_batch(reference, tiny_dataset, num_prompts=2)
     assert torch.equal(reference_batch["completion_ids"], batch["completion_ids"])
     if threshold < 0:
-        state = reference_batch["long_context"][0]
-        state.advantages = state.advantages.clamp(min=0.0)
+        term = reference_batch["distillation"][0]
+        term.advantages = term.advantages.clamp(min=0.0)
     _, reference_long_term = proxy_and_long_term_gradients(reference, reference_batch)
     for name, gradient in reference_long_term.items():
         torch.testing.assert_close(masked_long_term[name], gradient, rtol=1e-4, atol=1e-7)
@@ -266,52 +267,6 @@ def test_mixed_arm_evaluates_on_the_short_prompt(tiny_model_dir, tiny_dataset, t
     assert any(rollout["prompt"] == row["long_prompt"] for rollout, row in zip(flipped, rows))
 
 
-@pytest.fixture
-def fake_zero3(monkeypatch):
-    """Just enough of DeepSpeed ZeRO-3 for TRL's fused LM head: `is_deepspeed_zero3_enabled()` true and parameters
-    with a `ds_status`, so the head's backward reads the status of the weight it saved."""
-    import contextlib
-    import enum
-    import importlib.machinery
-    import types
-
-    import transformers.integrations.deepspeed as hf_deepspeed
-
-    class ZeroParamStatus(enum.Enum):
-        AVAILABLE = 1
-        NOT_AVAILABLE = 2
-
-    deepspeed = types.ModuleType("deepspeed")
-    deepspeed.__spec__ = importlib.machinery.ModuleSpec("deepspeed", None)
-    deepspeed.zero = types.SimpleNamespace(GatheredParameters=lambda params, **_: contextlib.nullcontext())
-    partition_parameters = types.ModuleType("deepspeed.runtime.zero.partition_parameters")
-    partition_parameters.ZeroParamStatus = ZeroParamStatus
-    modules = {"deepspeed": deepspeed, "deepspeed.runtime": types.ModuleType("deepspeed.runtime")}
-    modules["deepspeed.runtime.zero"] = types.ModuleType("deepspeed.runtime.zero")
-    modules["deepspeed.runtime.zero.partition_parameters"] = partition_parameters
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(hf_deepspeed, "is_deepspeed_zero3_enabled", lambda: True)
-    return ZeroParamStatus.NOT_AVAILABLE
-
-
-@pytest.mark.parametrize("distillation", ["kd", "iw"])
-def test_recomputed_chunks_keep_the_lm_head_weight_zero3_gathers(
-    tiny_model_dir, tiny_dataset, tmp_path, fake_zero3, distillation
-):
-    # Several chunks per process: each recomputed in the backward. Recomputing the whole forward handed TRL's fused
-    # head a detached weight, and its ZeRO-3 gather failed on it ("'Tensor' object has no attribute 'ds_status'")
-    trainer = make_trainer(
-        tiny_model_dir, tiny_dataset, str(tmp_path), distillation=distillation, per_device_train_batch_size=8,
-        distillation_chunk_tokens=60,
-    )  # fmt: skip
-    for parameter in trainer.model.parameters():
-        parameter.ds_status = fake_zero3
-    batch = generation_batch(trainer, tiny_dataset, num_prompts=2)
-    gradients = accumulated_gradients(trainer, [batch])
-    assert all(torch.isfinite(gradient).all() for gradient in gradients.values())
-
-
 def test_moe_model_requesting_router_logits_runs_the_shared_long_pass(tiny_model_dir, tiny_dataset, tmp_path):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
@@ -324,7 +279,7 @@ def test_moe_model_requesting_router_logits_runs_the_shared_long_pass(tiny_model
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     trainer = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, model=Qwen3MoeForCausalLM(config))
-    assert trainer._long_prefix_sharing_enabled()
+    assert trainer.long_pass.share_prefix
     # The fused head's load-balancing loss would read the placeholder attention mask and fail
     gradients = accumulated_gradients(trainer, [generation_batch(trainer, tiny_dataset, num_prompts=2)])
     assert gradients and all(torch.isfinite(gradient).all() for gradient in gradients.values())

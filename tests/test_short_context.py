@@ -8,7 +8,7 @@ import pytest
 
 from depo_trl.evaluation.short_context import BENCHMARKS, benchmark_scores, evaluate_short_context, parse_benchmarks
 from depo_trl.evaluation.short_context import main as short_context_main
-from depo_trl.model_utils import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
+from depo_trl.models.tiny import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 from depo_trl.user_errors import UsageError
 
 

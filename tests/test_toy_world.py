@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.scripts.depo import main as train_main
 from depo_trl.scripts.depo import parse_recipe
-from depo_trl.toy.benchmark import comparison_table, mean_interval, point_at
+from depo_trl.toy.comparison import comparison_table, mean_interval, point_at
 from depo_trl.toy.training import ToySettings, evaluate, train_arm
 from depo_trl.toy.warm_start import SHIPPED_WARM_START, WarmStartSettings, read_record
 from depo_trl.toy.world import (
@@ -174,7 +174,7 @@ def test_benchmark_statistics_against_hand_computations():
 
 @pytest.mark.slow
 def test_benchmark_runs_two_arms_over_two_seeds(tmp_path):
-    from depo_trl.toy.benchmark import main as benchmark_main
+    from depo_trl.toy.comparison import main as benchmark_main
 
     run_dir = tmp_path / "bench"
     benchmark_main(
@@ -200,7 +200,7 @@ def test_notebook_runs_on_a_tiny_run(tmp_path):
     run_dir = tmp_path / "run"
     train_main(*parse_recipe([
         "--config", os.path.join(ROOT, "recipes", "tiny", "depo.yaml"), "--output_dir", str(run_dir),
-        "--model_name_or_path", os.path.join(ROOT, "recipes", "tiny", "assets", "model"),
+        "--model_name_or_path", os.path.join(ROOT, "depo_trl", "toy", "shipped_warm_start"),
         "--dataset_name", os.path.join(ROOT, "recipes", "tiny", "assets", "toy_world.jsonl"),
         "--log_completions", "true", "--max_steps", "2",
     ]))  # fmt: skip

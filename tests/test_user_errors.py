@@ -12,7 +12,7 @@ from depo_trl.data import build
 from depo_trl.evaluation.__main__ import main as evaluation
 from depo_trl.scripts.depo import cli as depo_train
 from depo_trl.scripts.vllm_server import main as vllm_server
-from depo_trl.toy import benchmark as toy_benchmark
+from depo_trl.toy import comparison as toy_comparison
 from depo_trl.toy import world
 from depo_trl.user_errors import looks_like_local_path
 
@@ -71,7 +71,7 @@ CASES = [
     (build.main, ["--input", "missing.jsonl"], ["--input missing.jsonl", "no such file"]),
     (build.main, ["--input", "tests/fixtures"], ["--input tests/fixtures", "a folder, not a file"]),
     (build.main, ["--input", "{dir}/empty.jsonl"], ["--input", "empty.jsonl", "no usable row"]),
-    (build.main, ["--input", "{dir}/bad.jsonl"], ["--input", "bad.jsonl, line 2", "not valid JSON"]),
+    (build.main, ["--input", "{dir}/bad.jsonl"], ["--input", "bad.jsonl: line 1", "not a musique record"]),
     (build.main, ["--input", "someone/no-such-data"], ["--input someone/no-such-data", "offline"]),
     (build.main, ["--tokenizer", "./no-such-tokenizer"], ["--tokenizer ./no-such-tokenizer", "no such folder"]),
     (build.main, ["--short-budget", "20", "--long-budget", "40"], ["--short-budget 20", "no row fits"]),
@@ -94,7 +94,7 @@ CASES = [
     (world.main, ["--output-dir", "{dir}/toy", "--num-rows", "0"], ["--num-rows", "'0' is not a positive"]),
     ("long_pass_scaling", ["--device", "cuda"], ["--device cuda", "no CUDA device"]),
     ("step_cost", ["--bogus"], ["unrecognized arguments: --bogus"]),
-    (toy_benchmark.main, ["--warm-start-dir", "./runs/none"], ["--warm-start-dir ./runs/none", "no such folder"]),
+    (toy_comparison.main, ["--warm-start-dir", "./runs/none"], ["--warm-start-dir ./runs/none", "no such folder"]),
     ("build_data", ["--input", "missing.jsonl"], ["--input missing.jsonl", "no such file"]),
 ]
 
@@ -135,6 +135,7 @@ def test_bad_input_is_one_line_naming_the_argument(command, arguments, words, fi
         assert word in lines[0], (word, lines[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [

@@ -26,8 +26,9 @@ from datasets import DatasetDict, load_dataset, load_from_disk
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from depo_trl.config import DePOConfig
+from depo_trl.data.columns import missing_column_problem
 from depo_trl.model_utils import load_tokenizer
-from depo_trl.rewards import REWARD_FUNCTIONS, answer_column_problem
+from depo_trl.rewards import REWARD_FUNCTIONS, answer_column_problem, reads_answer_column
 from depo_trl.trainer import DePOTrainer
 from depo_trl.user_errors import (
     UsageError,
@@ -380,16 +381,13 @@ def check_split(
     columns = dataset[split].column_names or []
     if hasattr(dataset[split], "__len__") and len(dataset[split]) == 0:
         raise UsageError(f"dataset_name {name}: the {split} split has no rows; {_BUILD_THE_DATA}.")
-    if args.uses_long_prompt and "long_prompt" not in columns:
-        raise UsageError(
-            f"dataset_name {name}: the {split} split has no `long_prompt` column (it has {columns}), which "
-            f"rollout_context={args.rollout_context!r} with distillation={args.distillation!r} needs; build the data "
-            "with `python -m depo_trl.data.build`, or train the 'Short' baseline (distillation: none)."
-        )
-    if any(func in REWARD_FUNCTIONS.values() for func in reward_funcs) and columns:
-        problem = answer_column_problem(dataset[split]["answer"] if "answer" in columns else None)
-        if problem:
-            raise UsageError(f"dataset_name {name}: {split} split: {problem}.")
+    if not columns:  # a streamed dataset's columns are known once a row is read, and checked by the trainer then
+        return
+    problem = missing_column_problem(columns, args, reward_funcs)
+    if not problem and reads_answer_column(reward_funcs):
+        problem = answer_column_problem(dataset[split]["answer"])
+    if problem:
+        raise UsageError(f"dataset_name {name}: {split} split: {problem}.")
 
 
 class RecipeParser(TrlParser):

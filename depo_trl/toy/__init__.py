@@ -6,7 +6,7 @@
   with its settings and figures (`make toy-warm-start` remakes it);
 - `training`: the paper's arms through `DePOTrainer`, exact-match evaluation (also during a run);
 - `demo`: `make demo` (`python -m depo_trl.toy.demo`), one arm from the warm start, EM before and after;
-- `benchmark`: `make toy-benchmark` (`python -m depo_trl.toy.benchmark`), the paper's comparisons at toy scale, with
+- `comparison`: `make toy-compare` (`python -m depo_trl.toy.comparison`), the paper's comparisons at toy scale, with
   confidence intervals, and its length and lambda sweeps;
 - `assets`: the rows `recipes/tiny/` trains the warm start on (`make tiny-assets`).
 """

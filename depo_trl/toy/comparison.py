@@ -1,8 +1,10 @@
-"""The paper's comparisons at toy scale, with confidence intervals: `make toy-benchmark` (and its two sweeps).
+"""The paper's comparisons at toy scale, with confidence intervals: `make toy-compare` (and its two sweeps).
 
-    python -m depo_trl.toy.benchmark                  # the five arms (Table 3): equal steps and equal wall time
-    python -m depo_trl.toy.benchmark --sweep length   # DePO and RL-on-long at 15 / 30 / 60 long-context distractors
-    python -m depo_trl.toy.benchmark --sweep lambda   # DePO at distillation weights 0 / 0.25 / 0.5 / 1 / 2
+A comparison of the methods' results; the speed and memory benchmarks are in `benchmarks/`.
+
+    python -m depo_trl.toy.comparison                  # the five arms (Table 3): equal steps and equal wall time
+    python -m depo_trl.toy.comparison --sweep length   # DePO and RL-on-long at 15 / 30 / 60 long-context distractors
+    python -m depo_trl.toy.comparison --sweep lambda   # DePO at distillation weights 0 / 0.25 / 0.5 / 1 / 2
 
 Every run starts from the same warm start (the shipped one unless `--warm-start-dir`), trains `--steps` optimizer
 steps, and is evaluated on the same held-out questions every `--eval-every` steps (greedy and sampled EM on short
@@ -159,9 +161,9 @@ def configurations(sweep: str, settings: ToySettings, arms: list[str], lengths: 
     return [(f"depo λ={value:g}", "depo", replace(settings, distillation_coef=value)) for value in lambdas], "depo λ=0"
 
 
-@reports_usage_errors("python -m depo_trl.toy.benchmark")
+@reports_usage_errors("python -m depo_trl.toy.comparison")
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m depo_trl.toy.benchmark", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m depo_trl.toy.comparison", description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", choices=["arms", "length", "lambda"], default="arms")
     parser.add_argument("--steps", type=positive_int, default=60)
     parser.add_argument("--eval-every", type=positive_int, default=10)
@@ -170,10 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=positive_int, nargs="+", default=[15, 30, 60])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--eval-rows", type=positive_int, default=ToySettings.eval_rows)
-    parser.add_argument("--run-dir", default=None, help="Default: runs/toy_benchmark/<sweep>.")
+    parser.add_argument("--run-dir", default=None, help="Default: runs/toy_comparison/<sweep>.")
     parser.add_argument("--warm-start-dir", default=SHIPPED_WARM_START)
     args = parser.parse_args(argv)
-    run_dir = args.run_dir or os.path.join("runs", "toy_benchmark", args.sweep)
+    run_dir = args.run_dir or os.path.join("runs", "toy_comparison", args.sweep)
     writable_folder("--run-dir", run_dir)
     check_model_source("--warm-start-dir", args.warm_start_dir)
     if args.steps % args.eval_every:
@@ -207,14 +209,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_report(results: dict, run_dir: str) -> None:
-    """`results.md`, `results.json` and `long_em.png` in `run_dir` from a benchmark's runs and their points."""
+    """`results.md`, `results.json` and `long_em.png` in `run_dir` from a comparison's runs and their points."""
     runs, reference = results["runs"], results["reference"]
     names = list(dict.fromkeys(run["configuration"] for run in runs))
     seeds = sorted({run["seed"] for run in runs})
     # Equal time: the longest training time every run reached
     budget = results["equal_time_budget"] = min(run["points"][-1]["seconds"] for run in runs)
     report = [
-        f"Toy benchmark ({results['sweep']}): {len(seeds)} seeds {seeds}, {results['eval_rows']} held-out questions, "
+        f"Toy comparison ({results['sweep']}): {len(seeds)} seeds {seeds}, {results['eval_rows']} held-out questions, "
         f"{results['steps']} optimizer steps, evaluated every {results['eval_every']}. Mean ± 95% CI over seeds; * "
         "where the paired difference's interval excludes 0.",
         "",

@@ -1,4 +1,4 @@
-"""Arms and evaluation of the toy world: the pieces the demo and the toy benchmark are made of.
+"""Arms and evaluation of the toy world: the pieces the demo and the arms comparison are made of.
 
 - `train_arm`: RL from the warm start with one of the paper's arms (`depo_trl.arms.ARMS`) through `DePOTrainer`,
   optionally evaluated every few steps (`EvaluateEvery`) without disturbing the run;
@@ -130,6 +130,20 @@ class ArmRun:
     points: list[dict]
 
 
+def cpu_depo_config(output_dir: str, **settings) -> DePOConfig:
+    """A DePOConfig for short runs on a laptop CPU (or the one GPU present): float32, every step logged, no
+    checkpoints, no reporting; `settings` add to or override these. The toy world, the step-cost benchmark and the
+    tests build their configs with it."""
+    defaults = {
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+    }
+    return DePOConfig(output_dir=output_dir, **{**defaults, **settings})
+
+
 def train_arm(
     arm: str,
     warm_start_dir: str,
@@ -151,8 +165,8 @@ def train_arm(
     arm_settings = dict(ARMS[arm].settings)
     if settings.distillation_coef is not None:
         arm_settings["distillation_coef"] = settings.distillation_coef
-    args = DePOConfig(
-        output_dir=output_dir,
+    args = cpu_depo_config(
+        output_dir,
         **arm_settings,
         per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
         num_generations=settings.num_generations,
@@ -164,10 +178,6 @@ def train_arm(
         beta=0.0,
         max_steps=max_steps,
         logging_steps=logging_steps,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
         seed=seed,
         disable_tqdm=not show_progress,
         log_completions=log_completions,

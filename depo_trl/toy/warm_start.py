@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from ..model_utils import build_tiny_qwen2, save_model_and_tokenizer
+from ..models.tiny import build_tiny_qwen2, save_model_and_tokenizer
 from ..user_errors import ArgumentParser, reports_usage_errors, writable_folder
 from .training import ToySettings, evaluate_model
 from .world import build_toy_tokenizer, warm_start_rows

@@ -21,7 +21,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 from ..data.template import user_messages
-from ..model_utils import build_word_level_tokenizer
+from ..models.tiny import build_word_level_tokenizer
 from ..user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, writable_folder
 
 

@@ -1,0 +1,32 @@
+"""DePO's long-context term (docs/design.md, "The method" and "The long-context pass"): one class per variant,
+built per generation batch and run per optimizer window by [`~depo_trl.DePOTrainer`].
+
+A new variant is one file here with a [`Distillation`] subclass, and one line in [`DISTILLATIONS`].
+"""
+
+from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch, Rollouts, Window, WindowRecord
+from .iw import IWDistillation
+from .kd import KDDistillation
+from .long_pass import LongPass
+from .memory import ForwardPlan, LongPassMemory, available_memory, plan_forwards
+
+
+DISTILLATIONS: dict[str, type[Distillation]] = {term.name: term for term in (KDDistillation, IWDistillation)}
+
+__all__ = [
+    "DISTILLATIONS",
+    "Accumulation",
+    "ClippedObjective",
+    "Distillation",
+    "ForwardPlan",
+    "GenerationBatch",
+    "IWDistillation",
+    "KDDistillation",
+    "LongPass",
+    "LongPassMemory",
+    "Rollouts",
+    "Window",
+    "WindowRecord",
+    "available_memory",
+    "plan_forwards",
+]

@@ -1,0 +1,213 @@
+"""The long pass: completion log-probabilities under the long prompts for a window's rollouts, whatever the variant.
+
+The rollouts are planned into forwards (`depo_trl.long_context.plan_long_pass`: packed rows sharing each long prompt,
+or padded batches without sharing) of the size the memory model gives (`memory.py`). Every process runs as many
+forwards and makes the same hold-or-recompute decision, since under ZeRO-3 or FSDP each forward (and each
+recomputation) gathers parameters collectively.
+"""
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from accelerate import Accelerator
+from transformers.utils import logging
+from trl.trainer.utils import pad
+
+from ..long_context import (
+    checkpointed_forward,
+    chunk_tokens,
+    one_prompt_budget,
+    pack_shared_row,
+    plan_long_pass,
+    shared_row_log_probs,
+    shared_row_tokens,
+)
+from .memory import ForwardPlan, LongPassMemory, available_memory, plan_forwards
+
+
+logger = logging.get_logger(__name__)
+
+# `(model, input_ids, attention_mask, logits_to_keep)` -> completion log-probs `(rows, logits_to_keep)`: TRL's helper
+NaiveLogProbs = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def _backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack under the LM head (through a PEFT wrapper)."""
+    return (model.get_base_model() if hasattr(model, "get_base_model") else model).base_model
+
+
+def uses_layer_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether the model's layers run under gradient checkpointing (enabled by `Trainer.train()`)."""
+    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+
+
+class LongPass:
+    """Runs a window's long pass for a [`~depo_trl.distillation.Distillation`]: plans its forwards, agrees them across
+    processes, runs each (recomputed in the backward, or held until it), and sums the losses the variant makes of them.
+
+    Args:
+        accelerator: the trainer's; its processes agree on the forwards.
+        naive_log_probs: TRL's log-prob helper, for the pass without sharing.
+        pad_token_id: left padding of long prompts without sharing.
+        share_prefix: pack each prompt's rollouts into one row (`depo_trl.long_context`).
+        requested_tokens: `distillation_chunk_tokens`; None: the memory model's.
+        memory_fraction: share of the free memory the pass may fill.
+        rollouts_per_prompt: `num_generations`, for the memory model.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        naive_log_probs: NaiveLogProbs,
+        pad_token_id: int,
+        share_prefix: bool,
+        requested_tokens: int | None,
+        memory_fraction: float,
+        rollouts_per_prompt: int,
+    ):
+        self.accelerator = accelerator
+        self.naive_log_probs = naive_log_probs
+        self.pad_token_id = pad_token_id
+        self.share_prefix = share_prefix
+        self.requested_tokens = requested_tokens
+        self.memory_fraction = memory_fraction
+        self.rollouts_per_prompt = rollouts_per_prompt
+        self._announced: tuple[bool, bool] | None = None
+
+    def run(
+        self,
+        model: torch.nn.Module,
+        rollouts,
+        rows: torch.Tensor,
+        forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sum of `forward_loss(rollout indices, their log-probs (n, T))` over the forwards of `rows`, and the
+        detached log-probs `(B, T)` of every rollout (zero outside `rows`)."""
+        device = self.accelerator.device
+        order = rows.tolist()
+        lengths = rollouts.completion_lengths
+        prompt_lengths = [len(rollouts.long_prompt_ids[r]) for r in order]
+        completion_lengths = [lengths[r] for r in order]
+        keys = [tuple(rollouts.long_prompt_ids[r].tolist()) for r in order]
+        plan = self._plan(model, keys, prompt_lengths, completion_lengths)
+        forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, plan.tokens_per_forward, self.share_prefix)
+        # Every process runs the agreed number of forwards; the extra ones are one rollout with no weight
+        count = int(self.accelerator.gather(torch.tensor([len(forwards)], device=device)).max())
+        long_logps = torch.zeros(rollouts.loss_mask.shape, dtype=torch.float32, device=device)
+        losses = []
+        for index in range(count):
+            # The last forward is not recomputed: the backward reaches it first, so holding it raises no peak
+            recompute = plan.recompute and index < count - 1
+            if index < len(forwards):
+                groups = [[order[position] for position in group] for group in forwards[index]]
+                forward_rows = torch.tensor([r for group in groups for r in group], device=device)
+                logps = self._forward(model, rollouts, groups, recompute)
+                long_logps[forward_rows] = logps.detach().float()
+                losses.append(forward_loss(forward_rows, logps))
+            else:
+                losses.append(self._forward(model, rollouts, [[0]], recompute).sum() * 0.0)
+        # No process has anything to compute: every process skips the pass alike
+        loss = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
+        return loss, long_logps
+
+    def _plan(self, model, keys, prompt_lengths, completion_lengths) -> ForwardPlan:
+        """The forward size and the hold-or-recompute decision, agreed across processes (the largest window, the
+        largest smallest forward, the least memory)."""
+        window = plan_long_pass(keys, prompt_lengths, completion_lengths, None, self.share_prefix)
+        window_tokens = sum(
+            chunk_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in window
+        )
+        smallest = max(
+            (
+                shared_row_tokens(p, [c]) if self.share_prefix else p + max(completion_lengths)
+                for p, c in zip(prompt_lengths, completion_lengths)
+            ),
+            default=0,
+        )
+        memory = available_memory(self.accelerator.device)
+        available = -1 if memory is None else int(memory * self.memory_fraction)
+        local = torch.tensor([[window_tokens, smallest, -available]], device=self.accelerator.device)
+        agreed = self.accelerator.gather(local).max(dim=0).values.tolist()
+        window_tokens, smallest, available = agreed[0], agreed[1], -agreed[2]
+        if available < 0:  # a device whose free memory cannot be read: one prompt with its rollouts per forward
+            tokens = self.requested_tokens or one_prompt_budget(
+                keys, prompt_lengths, completion_lengths, self.share_prefix
+            )
+            return ForwardPlan(tokens, recompute=window_tokens > tokens)
+        unwrapped = self.accelerator.unwrap_model(model)
+        checkpointing = uses_layer_checkpointing(unwrapped)
+        implementation = getattr(unwrapped.config, "_attn_implementation", None)
+        memory_model = LongPassMemory.of_model(
+            unwrapped.config,
+            dtype_bytes=2 if self.accelerator.mixed_precision in ("bf16", "fp16") else unwrapped.dtype.itemsize,
+            layer_checkpointing=checkpointing,
+            rollouts_per_prompt=self.rollouts_per_prompt,
+            keys_repeated_per_head=implementation == "sdpa",
+        )
+        plan = plan_forwards(memory_model, window_tokens, smallest, available, self.requested_tokens)
+        self._announce(plan, window_tokens, available, memory_model, checkpointing)
+        return plan
+
+    def _announce(self, plan, window_tokens, available, memory_model, checkpointing) -> None:
+        """Say once what the pass does, and again if a window makes it switch between holding and recomputing."""
+        several = window_tokens > plan.tokens_per_forward
+        if self._announced == (several, plan.recompute) or not self.accelerator.is_main_process:
+            return
+        self._announced = (several, plan.recompute)
+        layers = " (and each layer again, under gradient checkpointing)" if checkpointing else ""
+        if not plan.recompute:
+            what = f"holding every forward for the backward: each backbone runs once{layers}"
+        else:
+            what = (
+                f"recomputing all forwards but the last in the backward, since holding them would not fit: each "
+                f"backbone runs twice{layers}"
+            )
+        logger.warning(
+            f"Long pass: forwards of up to {plan.tokens_per_forward} tokens for a window of {window_tokens}, {what}. "
+            f"Memory model: {available / 2**30:.1f} GiB usable, {memory_model.held / 2**10:.0f} KiB held and "
+            f"{memory_model.working / 2**10:.0f} KiB working per token (distillation_chunk_tokens and "
+            "distillation_memory_fraction set it)."
+        )
+
+    def _forward(self, model, rollouts, groups: list[list[int]], recompute: bool) -> torch.Tensor:
+        """Completion-token log-probs `(rollouts, T)` of `groups` (each a prompt's rollouts), in their order. With
+        `recompute`, the backbone's activations are recomputed during the backward instead of kept."""
+        with checkpointed_forward(_backbone(self.accelerator.unwrap_model(model))) if recompute else nullcontext():
+            if not self.share_prefix:
+                return self._padded_forward(model, rollouts, [r for group in groups for r in group])
+            return self._packed_forward(model, rollouts, groups)
+
+    def _padded_forward(self, model, rollouts, order: list[int]) -> torch.Tensor:
+        lengths = rollouts.completion_lengths
+        # Completions are padded to the generation batch's longest; this forward's longest is enough
+        width = max(max(lengths[r] for r in order), 1)
+        prompts = [rollouts.long_prompt_ids[r] for r in order]
+        prompt_ids = pad(prompts, padding_value=self.pad_token_id, padding_side="left")
+        prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
+        input_ids = torch.cat([prompt_ids, rollouts.completion_ids[order, :width]], dim=1)
+        attention_mask = torch.cat([prompt_mask, rollouts.completion_mask[order, :width]], dim=1)
+        logps = self.naive_log_probs(model, input_ids, attention_mask, width)
+        return torch.nn.functional.pad(logps, (0, rollouts.completion_ids.size(1) - width))
+
+    def _packed_forward(self, model, rollouts, groups: list[list[int]]) -> torch.Tensor:
+        lengths = rollouts.completion_lengths
+        packed = pack_shared_row(
+            [
+                (
+                    rollouts.long_prompt_ids[group[0]],
+                    [(r, rollouts.completion_ids[r, : lengths[r]]) for r in group],
+                )
+                for group in groups
+            ]
+        )
+        config = self.accelerator.unwrap_model(model).config.get_text_config()
+        # MoE: the load-balancing loss would read the attention mask, here a placeholder, and is not used
+        router = {"output_router_logits": False} if getattr(config, "output_router_logits", False) else {}
+        with self.accelerator.autocast():
+            log_probs = shared_row_log_probs(model, packed, config.num_hidden_layers, **router)
+        order = [r for group in groups for r in group]
+        position_of = {rollout: position for position, rollout in enumerate(order)}
+        logps = log_probs.new_zeros((len(order), rollouts.completion_ids.size(1)))
+        target = packed.rollout.apply_(position_of.__getitem__).to(logps.device)
+        return logps.index_put((target, packed.token.to(logps.device)), log_probs[0, packed.position - 1])

@@ -1,0 +1,113 @@
+"""The long pass's memory model: what it holds per token, how much the device has, and the forwards that fit.
+
+A window's rollouts are computed in forwards (packed rows, `depo_trl.long_context`). A forward either keeps what its
+backward needs until the step's single backward ("held"), or is recomputed during that backward ("recomputed": only
+its inputs are kept). Holding runs each backbone once (twice under the model's per-layer gradient checkpointing, which
+recomputes each layer in the backward); recomputing adds one more forward. So the pass holds every forward whenever the
+memory model says they fit, and recomputes all but the last (which the backward reaches first, so holding it does not
+raise the peak) only when they do not. The byte counts are estimates from the model's shapes; `--device cuda` of
+`benchmarks/gpu_check.py` compares them with measured peaks.
+"""
+
+import os
+from dataclasses import dataclass
+
+import psutil
+import torch
+from transformers import PretrainedConfig
+
+
+@dataclass(frozen=True)
+class LongPassMemory:
+    """Bytes per token of a forward's packed row.
+
+    `held`: what a forward keeps for the backward. With the model's per-layer gradient checkpointing, each decoder
+    layer's input (`layers x hidden`); without it, every layer's activations. Both add the hidden state TRL's fused LM
+    head saves for a scored position.
+    `working`: what a running forward needs on top, or the backward of one of its layers: with checkpointing, one
+    layer's activations and their gradients; without it, one layer's gradients.
+    """
+
+    held: float
+    working: float
+
+    @classmethod
+    def of_model(
+        cls,
+        config: PretrainedConfig,
+        dtype_bytes: int,
+        layer_checkpointing: bool,
+        rollouts_per_prompt: int,
+        keys_repeated_per_head: bool,
+    ) -> "LongPassMemory":
+        """The estimate for a Llama-style decoder (`config`'s text model) computing in `dtype_bytes` per element.
+
+        `keys_repeated_per_head`: the attention expands grouped keys and values to every query head (SDPA with a
+        mask does; flash-attention does not).
+        """
+        text = config.get_text_config()
+        hidden, heads, layers = text.hidden_size, text.num_attention_heads, text.num_hidden_layers
+        head_dim = getattr(text, "head_dim", None) or hidden // heads
+        key_width = (getattr(text, "num_key_value_heads", None) or heads) * head_dim
+        intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+        # Saved by one decoder layer for its backward, per token: both norms' inputs and outputs, q, k and v and their
+        # rotated copies, the attention and o_proj outputs; the MLP's gate, up, activation and product
+        layer = 9 * hidden + 3 * key_width + 4 * intermediate
+        # The segments' attention call takes the prompt's keys and values once per rollout of the row: at most
+        # `2 x rollouts` key widths per row token (query-head widths where they are repeated per head)
+        repeated_keys = 2 * rollouts_per_prompt * (heads * head_dim if keys_repeated_per_head else key_width)
+        per_layer = (layer + repeated_keys) * dtype_bytes
+        head_input = hidden * dtype_bytes
+        if layer_checkpointing:
+            return cls(held=layers * hidden * dtype_bytes + head_input, working=2 * per_layer)
+        return cls(held=layers * per_layer + head_input, working=layer * dtype_bytes)
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """How a window's long pass runs: forwards of at most `tokens_per_forward` tokens, recomputed in the backward
+    (all but the last) or held until it."""
+
+    tokens_per_forward: int
+    recompute: bool
+
+
+def plan_forwards(
+    memory: LongPassMemory,
+    window_tokens: int,
+    smallest_forward: int,
+    available_bytes: float,
+    requested_tokens: int | None = None,
+) -> ForwardPlan:
+    """The forwards of a window of `window_tokens` tokens (one packed forward's worth) in `available_bytes`.
+
+    With `requested_tokens` (`distillation_chunk_tokens`) the forwards have that size, and are held when every
+    forward's held part and one forward's working set fit. Without, the forward size is the memory model's: the
+    whole window when it fits alone; else the largest forwards that fit beside every forward's held part; else, held
+    parts not fitting, the largest forward that fits by itself, recomputed. `smallest_forward` (one prompt with one
+    completion) is the floor: a window that does not fit even that way still runs, and may run out of memory.
+    """
+    if requested_tokens is not None:
+        if requested_tokens >= window_tokens:
+            return ForwardPlan(requested_tokens, recompute=False)
+        held = window_tokens * memory.held + requested_tokens * memory.working <= available_bytes
+        return ForwardPlan(requested_tokens, recompute=not held)
+    alone = int(available_bytes // (memory.held + memory.working))
+    if alone >= window_tokens:
+        return ForwardPlan(window_tokens, recompute=False)
+    room = available_bytes - window_tokens * memory.held
+    beside_held = int(room // memory.working) if room > 0 else 0
+    if beside_held >= smallest_forward:
+        return ForwardPlan(beside_held, recompute=False)
+    return ForwardPlan(max(alone, smallest_forward), recompute=True)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process can still allocate on `device`: the driver's free memory plus what PyTorch's allocator
+    holds unused (CUDA), or the system's available RAM shared among the node's processes (CPU); None elsewhere."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        return psutil.virtual_memory().available // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return None

@@ -1,0 +1,165 @@
+"""The long-context term's own home: the memory model that sizes the pass, what each backbone really runs under the
+recipes' gradient checkpointing, the rollouts DePO-IW leaves out, and the refusal of a model the packed row would
+silently get wrong."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Qwen2Config
+
+from depo_trl.distillation import DISTILLATIONS, Distillation, LongPassMemory, plan_forwards
+from depo_trl.long_context import SHARED_PREFIX_KWARG
+
+from .helpers import accumulated_gradients, generation_batch, make_rows, make_trainer
+
+
+MEMORY = LongPassMemory(held=10.0, working=30.0)
+
+
+def plan(*args, **kwargs) -> tuple[int, bool]:
+    forwards = plan_forwards(MEMORY, *args, **kwargs)
+    return forwards.tokens_per_forward, forwards.recompute
+
+
+def test_the_whole_window_is_one_held_forward_when_it_fits():
+    assert plan(window_tokens=100, smallest_forward=20, available_bytes=4000) == (100, False)
+
+
+def test_forwards_shrink_to_fit_beside_what_every_forward_holds():
+    # 100 tokens x 40 bytes do not fit in 3000; held parts 100 x 10 leave 2000 for one forward's 30 per token
+    assert plan(window_tokens=100, smallest_forward=20, available_bytes=3000) == (66, False)
+
+
+def test_forwards_are_recomputed_only_when_holding_them_cannot_fit():
+    # 100 x 10 held leave 200 bytes: a forward of 6 tokens, under the 20-token smallest; 1200 / 40 = 30 alone
+    assert plan(window_tokens=100, smallest_forward=20, available_bytes=1200) == (30, True)
+    # Nothing fits: the smallest forward still runs
+    assert plan(window_tokens=100, smallest_forward=20, available_bytes=0) == (20, True)
+
+
+def test_a_requested_forward_size_is_held_when_it_fits():
+    assert plan(100, 20, available_bytes=1600, requested_tokens=20) == (20, False)
+    assert plan(100, 20, available_bytes=1500, requested_tokens=20) == (20, True)
+    assert plan(100, 20, available_bytes=0, requested_tokens=200) == (200, False)
+
+
+def test_memory_model_of_qwen_7b_with_checkpointing():
+    config = Qwen2Config(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4
+    )
+    memory = LongPassMemory.of_model(
+        config, dtype_bytes=2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False
+    )
+    # Held: each layer's input and the head's input, exactly from the shapes
+    assert memory.held == 28 * 3584 * 2 + 3584 * 2
+    # One packed row of the recipes (15360 + 8 x 1001 tokens) keeps 4.5 GiB of layer inputs for the backward
+    assert 4.4 < 23368 * memory.held / 2**30 < 4.6
+    without = LongPassMemory.of_model(
+        config, 2, layer_checkpointing=False, rollouts_per_prompt=8, keys_repeated_per_head=False
+    )
+    assert without.held > 20 * memory.held  # every layer's activations: why the recipes checkpoint
+
+
+def test_every_variant_is_a_registered_distillation():
+    assert set(DISTILLATIONS) == {"kd", "iw"}
+    assert all(issubclass(term, Distillation) and DISTILLATIONS[term.name] is term for term in DISTILLATIONS.values())
+
+
+def record_long_pass_mlp_calls(trainer) -> list[int]:
+    """Lengths of the packed rows (batch 1) one layer's MLP computes: a forward, a layer recomputation or a forward
+    recomputation of the long pass each run it once; the proxy's micro-batches have several rows. (The forward itself
+    is wrapped: module hooks do not fire when transformers' checkpointing recomputes a layer.)"""
+    seen = []
+    mlp = trainer.model.model.layers[0].mlp
+    forward = mlp.forward
+
+    def recording(hidden_states, *args, **kwargs):
+        if hidden_states.shape[0] == 1:
+            seen.append(hidden_states.shape[1])
+        return forward(hidden_states, *args, **kwargs)
+
+    mlp.forward = recording
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("settings", "calls_per_forward"),
+    [
+        ({"gradient_checkpointing": True}, [2, 2]),  # a forward and its layers' recomputation
+        ({"gradient_checkpointing": False}, [1, 1]),
+        # Forwards that do not fit are recomputed, all but the last: under checkpointing, its layers once more
+        ({"gradient_checkpointing": True, "distillation_memory_fraction": 1e-12}, [3, 2]),
+        ({"gradient_checkpointing": False, "distillation_memory_fraction": 1e-12}, [2, 1]),
+    ],
+    ids=["checkpointing-held", "held", "checkpointing-recomputed", "recomputed"],
+)
+def test_backbone_runs_of_each_forward_in_a_training_step(tiny_model_dir, tmp_path, settings, calls_per_forward):
+    # Two prompts per step, a forward each (distillation_chunk_tokens fits one prompt with its rollouts); train()
+    # turns the recipes' gradient checkpointing on
+    dataset = make_rows(num_rows=2, num_distractors=3) + make_rows(num_rows=2, num_distractors=9, seed=1)
+    trainer = make_trainer(
+        tiny_model_dir,
+        Dataset.from_list([dataset[0], dataset[3]]),
+        tmp_path,
+        distillation="iw",
+        per_device_train_batch_size=8,
+        max_steps=1,
+        shuffle_dataset=False,
+        distillation_chunk_tokens=120,
+        **settings,
+    )
+    seen = record_long_pass_mlp_calls(trainer)
+    trainer.train()
+    rows = sorted(set(seen), key=seen.index)  # the forwards, in the order they ran
+    assert len(rows) == 2
+    assert [seen.count(length) for length in rows] == calls_per_forward
+
+
+def test_iw_leaves_zero_advantage_rollouts_out_of_the_pass_without_changing_the_gradient(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    def first_group_all_correct(completions, **kwargs):
+        return [1.0] * 4 + [float(index % 2 == 0) for index in range(len(completions) - 4)]
+
+    dataset = Dataset.from_list(make_rows())
+    trainer = make_trainer(
+        tiny_model_dir,
+        dataset,
+        tmp_path,
+        reward=first_group_all_correct,
+        distillation="iw",
+        per_device_train_batch_size=8,
+    )
+    batch = generation_batch(trainer, dataset, num_prompts=2)
+    assert torch.equal(batch["advantages"][:4], torch.zeros(4)) and (batch["advantages"][4:] != 0).all()
+    passed = []
+    run = trainer.long_pass.run
+    monkeypatch.setattr(
+        trainer.long_pass,
+        "run",
+        lambda model, rollouts, rows, loss: passed.append(rows) or run(model, rollouts, rows, loss),
+    )
+    skipping = accumulated_gradients(trainer, [dict(batch)])
+    assert passed[-1].tolist() == [4, 5, 6, 7]
+
+    term = batch["distillation"][0]
+    monkeypatch.setattr(term, "enters_pass", lambda rows, weights: (weights > 0).any(-1))  # every rollout
+    everything = accumulated_gradients(trainer, [dict(batch)])
+    assert passed[-1].tolist() == list(range(8))
+    for name, gradient in everything.items():
+        torch.testing.assert_close(skipping[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_model_whose_attention_ignores_the_packed_layout_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, per_device_train_batch_size=8)
+    attention = trainer.model.model.layers[1].self_attn
+    forward = attention.forward
+
+    def own_attention(*args, **kwargs):  # as a model with its own attention code: the layout never reaches it
+        kwargs.pop(SHARED_PREFIX_KWARG, None)
+        return forward(*args, **kwargs)
+
+    attention.forward = own_attention
+    batch = generation_batch(trainer, tiny_dataset, num_prompts=2)
+    with pytest.raises(RuntimeError, match="1 of the model's 2 attention layers computed the packed"):
+        accumulated_gradients(trainer, [batch])
