@@ -203,15 +203,17 @@ def predicted_mib(shape: ModelShape, point: Point, completion_tokens: int, dtype
 
 def predict_7b() -> list[dict]:
     """Qwen2.5-7B's long pass on one 80 GB GPU of the recipes (ZeRO-3 over 8 GPUs, gradient checkpointing,
-    flash-attention, bf16; 15K-token prompts with 8 x 1K completions): for a window of 4 or 8 prompts per process (the
-    GRPO/DAPO recipes' 64 rollouts; KD distils only the correct ones), with vLLM colocated at 0.3 or on a server, what
-    the memory model plans (`plan_forwards`, with DePOConfig's default memory fraction) and what it costs.
+    flash-attention, bf16; 15K-token prompts with 8 x 1K completions), as `LongPass` plans it: for a window of 4 or 8
+    prompts per process (the GRPO/DAPO recipes' 64 rollouts; KD distils only the correct ones), with vLLM colocated at
+    0.3 or on a server, with the recipes' `distillation_chunk_tokens: 24576` or the memory model's forward size, at
+    DePOConfig's default memory fraction.
 
-    Time: FLOPs at an assumed 40% of an A100's 312 bf16 TFLOP/s; per row token `2 x parameters` for each forward of
-    the backbone (twice when held: the forward and the layers' recomputation; three times when recomputed) and `4 x`
-    for the backward, plus causal attention over the prompt and each completion over the prompt.
+    Time: FLOPs at an assumed 40% of an A100's 312 bf16 TFLOP/s; per row token `2 x parameters` for each run of the
+    backbone (twice when held: the forward and the layers' recomputation; three times when recomputed) and `4 x` for
+    the backward, plus causal attention over the prompt and each completion over the prompt.
     """
-    from depo_trl.distillation import LongPassMemory, plan_forwards
+    from depo_trl.distillation import LongPassMemory, forward_size, holds
+    from depo_trl.long_context import chunk_tokens, plan_long_pass
 
     memory = LongPassMemory.of_model(
         shape_config(QWEN_7B), 2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False
@@ -228,26 +230,34 @@ def predict_7b() -> list[dict]:
     for generation, vllm_gib in (("colocated", 0.3 * 80), ("server", 0.0)):
         available = (80 - states_gib - vllm_gib) * 0.8 * 2**30
         for prompts in (4, 8):
-            window = prompts * row
-            plan = plan_forwards(memory, window, smallest_forward=prompt + completion + 1, available_bytes=available)
-            backbone_runs = 3 if plan.recompute else 2
-            flops = prompts * (
-                (2 * backbone_runs + 4) * QWEN_7B_PARAMETERS * row + (backbone_runs + 2) * attention_flops
-            )
-            held = window if not plan.recompute else min(plan.tokens_per_forward, window)
-            predictions.append(
-                {
-                    "generation": generation,
-                    "prompts": prompts,
-                    "window_tokens": window,
-                    "tokens_per_forward": plan.tokens_per_forward,
-                    "recomputed": plan.recompute,
-                    "long_pass_gib": (held * memory.held + plan.tokens_per_forward * memory.working) / 2**30,
-                    "states_gib": states_gib,
-                    "vllm_gib": vllm_gib,
-                    "seconds_per_prompt": flops / prompts / throughput,
-                }
-            )
+            keys = [p for p in range(prompts) for _ in range(rollouts)]
+            prompt_lengths, completion_lengths = [prompt] * len(keys), [completion] * len(keys)
+            for source in ("recipe", "memory model"):
+                size = (
+                    24576
+                    if source == "recipe"
+                    else forward_size(memory, prompts * row, row, prompt + completion + 1, available)
+                )
+                forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, share_prefix=True)
+                held = sum(chunk_tokens(f, prompt_lengths, completion_lengths, True) for f in forwards)
+                recomputed = len(forwards) > 1 and not holds(memory, held, size, available)
+                runs = 3 if recomputed else 2
+                flops = (2 * runs + 4) * QWEN_7B_PARAMETERS * held + (runs + 2) * attention_flops * prompts
+                kept = size if recomputed else held
+                predictions.append(
+                    {
+                        "generation": generation,
+                        "prompts": prompts,
+                        "forward_size": source,
+                        "tokens_per_forward": size,
+                        "forwards": len(forwards),
+                        "recomputed": recomputed,
+                        "long_pass_gib": (kept * memory.held + size * memory.working) / 2**30,
+                        "states_gib": states_gib,
+                        "vllm_gib": vllm_gib,
+                        "seconds_per_prompt": flops / prompts / throughput,
+                    }
+                )
     return predictions
 
 
@@ -367,12 +377,12 @@ def main(argv: list[str] | None = None) -> None:
         text += (
             "\nQwen2.5-7B, 15K-token prompts + 8 x 1K completions, one 80 GB GPU (ZeRO-3 over 8, gradient "
             "checkpointing, flash-attention), as the memory model plans a window of the long pass:\n\n"
-            "| vLLM | prompts in the window | tokens per forward | forwards | long pass GiB | states GiB | vLLM GiB "
-            "| s per prompt |\n|---|---:|---:|---|---:|---:|---:|---:|\n"
+            "| vLLM | prompts in the window | forward size | tokens per forward | forwards | long pass GiB | "
+            "states GiB | vLLM GiB | s per prompt |\n|---|---:|---|---:|---|---:|---:|---:|---:|\n"
         )
         text += "".join(
-            f"| {p['generation']} | {p['prompts']} | {p['tokens_per_forward']} | "
-            f"{'recomputed' if p['recomputed'] else 'held'} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | "
+            f"| {p['generation']} | {p['prompts']} | {p['forward_size']} | {p['tokens_per_forward']} | "
+            f"{p['forwards']} {'recomputed' if p['recomputed'] else 'held'} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | "
             f"{p['vllm_gib']:.0f} | {p['seconds_per_prompt']:.1f} |\n"
             for p in predictions
         )

@@ -30,15 +30,12 @@ def distillation_mask(completion_mask: torch.Tensor, rewards: torch.Tensor, thre
 def kd_token_weights(
     completion_mask: torch.Tensor,
     rewards: torch.Tensor,
-    threshold: float = 1.0,
-    normalizer: float | torch.Tensor | None = None,
+    threshold: float,
+    normalizer: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Weights of L_KD: `1 / normalizer` on the distilled tokens ([`distillation_mask`]), 0 elsewhere. The normalizer
-    defaults to the number of distilled tokens (at least 1), so a batch without a correct rollout weighs nothing."""
-    mask = distillation_mask(completion_mask, rewards, threshold).float()
-    if normalizer is None:
-        normalizer = mask.sum().clamp(min=1.0)
-    return mask / normalizer
+    """Weights of L_KD: `1 / normalizer` on the distilled tokens ([`distillation_mask`]), 0 elsewhere; with the number
+    of distilled tokens as `normalizer`, the mean over them, and a batch without a correct rollout weighs nothing."""
+    return distillation_mask(completion_mask, rewards, threshold).float() / normalizer
 
 
 def _weighted_sum(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

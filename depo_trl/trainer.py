@@ -448,9 +448,11 @@ class DePOTrainer(GRPOTrainer):
         if window.record is None:  # the window's first micro-batch runs the window's pass
             started = time.perf_counter()
             window_loss = term.run_window(model, self.long_pass, window, accumulation)
+            if window_loss.device.type == "cuda":  # the forwards' kernels, not only their launch
+                torch.cuda.synchronize(window_loss.device)
             # Its forwards only: their backward (and recomputation) runs in the step's backward
             self._metrics[mode]["depo/long_pass_seconds"].append(time.perf_counter() - started)
-            self._log_reduced(term.window_metrics(window.record, torch.cat(window.micro_batches)))
+            self._log_reduced(term.window_metrics(window.record, torch.cat(window.rollouts_per_micro_batch)))
         record = window.record
         distillation_loss = window_loss + term.micro_batch_value(record, rows, short_logps)
         # Per micro-batch, times the accumulation steps: averaged over a step's micro-batches, the step's value

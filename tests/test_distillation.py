@@ -2,12 +2,14 @@
 recipes' gradient checkpointing, the rollouts DePO-IW leaves out, and the refusal of a model the packed row would
 silently get wrong."""
 
+import logging
+
 import pytest
 import torch
 from datasets import Dataset
 from transformers import Qwen2Config
 
-from depo_trl.distillation import DISTILLATIONS, Distillation, LongPassMemory, plan_forwards
+from depo_trl.distillation import DISTILLATIONS, Distillation, LongPassMemory, forward_size, holds
 from depo_trl.long_context import SHARED_PREFIX_KWARG
 
 from .helpers import accumulated_gradients, generation_batch, make_rows, make_trainer
@@ -16,31 +18,47 @@ from .helpers import accumulated_gradients, generation_batch, make_rows, make_tr
 MEMORY = LongPassMemory(held=10.0, working=30.0)
 
 
-def plan(*args, **kwargs) -> tuple[int, bool]:
-    forwards = plan_forwards(MEMORY, *args, **kwargs)
-    return forwards.tokens_per_forward, forwards.recompute
-
-
-def test_the_whole_window_is_one_held_forward_when_it_fits():
-    assert plan(window_tokens=100, smallest_forward=20, available_bytes=4000) == (100, False)
+def test_the_whole_window_is_one_forward_when_it_fits_alone():
+    assert forward_size(MEMORY, window_tokens=100, largest_group=40, smallest_forward=20, available_bytes=4000) == 100
 
 
 def test_forwards_shrink_to_fit_beside_what_every_forward_holds():
     # 100 tokens x 40 bytes do not fit in 3000; held parts 100 x 10 leave 2000 for one forward's 30 per token
-    assert plan(window_tokens=100, smallest_forward=20, available_bytes=3000) == (66, False)
+    assert forward_size(MEMORY, 100, largest_group=40, smallest_forward=20, available_bytes=3000) == 66
+    assert holds(MEMORY, held_tokens=100, tokens_per_forward=66, available_bytes=3000)
 
 
-def test_forwards_are_recomputed_only_when_holding_them_cannot_fit():
-    # 100 x 10 held leave 200 bytes: a forward of 6 tokens, under the 20-token smallest; 1200 / 40 = 30 alone
-    assert plan(window_tokens=100, smallest_forward=20, available_bytes=1200) == (30, True)
+def test_forwards_that_would_split_a_prompt_are_sized_to_be_recomputed():
+    # Beside the held parts only 66 tokens fit, less than a prompt with its rollouts (70): a split prompt would be held
+    # once per piece, so the forward is what fits alone (3000 / 40 = 75), to be recomputed
+    assert forward_size(MEMORY, 100, largest_group=70, smallest_forward=20, available_bytes=3000) == 75
     # Nothing fits: the smallest forward still runs
-    assert plan(window_tokens=100, smallest_forward=20, available_bytes=0) == (20, True)
+    assert forward_size(MEMORY, 100, largest_group=70, smallest_forward=20, available_bytes=0) == 20
 
 
-def test_a_requested_forward_size_is_held_when_it_fits():
-    assert plan(100, 20, available_bytes=1600, requested_tokens=20) == (20, False)
-    assert plan(100, 20, available_bytes=1500, requested_tokens=20) == (20, True)
-    assert plan(100, 20, available_bytes=0, requested_tokens=200) == (200, False)
+def test_holding_counts_every_copy_of_a_split_prompt():
+    assert holds(MEMORY, held_tokens=100, tokens_per_forward=20, available_bytes=1600)
+    assert not holds(MEMORY, held_tokens=140, tokens_per_forward=20, available_bytes=1600)
+
+
+@pytest.mark.parametrize(("chunk_tokens", "memory_fraction", "forwards", "recomputed"), [
+    (None, 0.8, 1, False), (120, 0.8, 2, False), (120, 1e-12, 2, True), (70, 1e-12, 6, True),
+])  # fmt: skip
+def test_the_long_pass_plans_as_the_memory_model_says(
+    tiny_model_dir, tmp_path, caplog, chunk_tokens, memory_fraction, forwards, recomputed
+):
+    """Two prompts with 4 rollouts each (packed rows of 74 and 110 tokens); 70 tokens split their rollouts over six
+    forwards, each with its own copy of its prompt."""
+    rows = make_rows(num_rows=2, num_distractors=3) + make_rows(num_rows=2, num_distractors=9, seed=1)
+    dataset = Dataset.from_list([rows[0], rows[3]])
+    trainer = make_trainer(
+        tiny_model_dir, dataset, tmp_path, distillation="iw", per_device_train_batch_size=8,
+        distillation_chunk_tokens=chunk_tokens, distillation_memory_fraction=memory_fraction,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="depo_trl"):
+        accumulated_gradients(trainer, [generation_batch(trainer, dataset, num_prompts=2)])
+    [message] = [record.message for record in caplog.records if record.message.startswith("Long pass:")]
+    assert f"{forwards} forward" in message and ("recomputed" in message) == recomputed
 
 
 def test_memory_model_of_qwen_7b_with_checkpointing():

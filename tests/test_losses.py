@@ -27,7 +27,7 @@ def kd_inputs():
 
 def test_kd_loss_averages_the_gap_over_tokens_of_correct_rollouts():
     long_logps, short_logps, mask = kd_inputs()
-    loss = conditional_kd_loss(long_logps, short_logps, kd_token_weights(mask, torch.tensor([1.0, 0.0])))
+    loss = conditional_kd_loss(long_logps, short_logps, kd_token_weights(mask, torch.tensor([1.0, 0.0]), 1.0, 2))
     # Row 0 passes; its two unmasked gaps are -0.5 - (-1.0) = 0.5 and -1.0 - (-2.0) = 1.0.
     assert loss.item() == pytest.approx((0.5 + 1.0) / 2)
     loss.backward()
@@ -38,7 +38,7 @@ def test_kd_loss_averages_the_gap_over_tokens_of_correct_rollouts():
 
 def test_kd_loss_uses_the_given_normalizer_and_threshold():
     long_logps, short_logps, mask = kd_inputs()
-    weights = kd_token_weights(mask, torch.tensor([0.7, 0.9]), threshold=0.8, normalizer=10)
+    weights = kd_token_weights(mask, torch.tensor([0.7, 0.9]), 0.8, normalizer=10)
     loss = conditional_kd_loss(long_logps, short_logps, weights)
     # Only row 1 passes 0.8: three gaps of -1.0 - (-0.5) = -0.5, summed, over 10.
     assert loss.item() == pytest.approx(-1.5 / 10)
@@ -46,7 +46,7 @@ def test_kd_loss_uses_the_given_normalizer_and_threshold():
 
 def test_kd_gradient_surrogate_is_zero_in_value_with_the_gradient_of_kd():
     long_logps, short_logps, mask = kd_inputs()
-    weights = kd_token_weights(mask, torch.tensor([1.0, 1.0]), normalizer=4.0)
+    weights = kd_token_weights(mask, torch.tensor([1.0, 1.0]), 1.0, normalizer=4.0)
     surrogate = kd_gradient_surrogate(long_logps, weights)
     assert surrogate.item() == 0.0
     surrogate.backward()
@@ -59,7 +59,7 @@ def test_kd_gradient_surrogate_is_zero_in_value_with_the_gradient_of_kd():
 @pytest.mark.parametrize("rewards", [[0.0, 0.5], [float("nan"), 0.0]])
 def test_kd_loss_is_exactly_zero_without_correct_rollouts(rewards):
     long_logps, short_logps, mask = kd_inputs()
-    loss = conditional_kd_loss(long_logps, short_logps, kd_token_weights(mask, torch.tensor(rewards)))
+    loss = conditional_kd_loss(long_logps, short_logps, kd_token_weights(mask, torch.tensor(rewards), 1.0, 1.0))
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(long_logps.grad, torch.zeros_like(long_logps))
@@ -69,7 +69,7 @@ def test_kd_loss_ignores_non_finite_values_on_masked_tokens():
     long_logps, short_logps, mask = kd_inputs()
     long_logps = long_logps.detach().clone()
     long_logps[0, 2] = float("-inf")
-    loss = conditional_kd_loss(long_logps, short_logps, kd_token_weights(mask, torch.tensor([1.0, 0.0])))
+    loss = conditional_kd_loss(long_logps, short_logps, kd_token_weights(mask, torch.tensor([1.0, 0.0]), 1.0, 2))
     assert loss.item() == pytest.approx(0.75)
 
 

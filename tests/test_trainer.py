@@ -216,6 +216,6 @@ def test_logged_kd_loss_is_conditional_kd_loss_on_the_same_tensors(tiny_model_di
     term = batch["distillation"][0]
     short = completion_logps([ids[mask.bool()] for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])])
     long = completion_logps(term.rollouts.long_prompt_ids)
-    weights = kd_token_weights(batch["completion_mask"], term.rewards, normalizer=term.tokens_in_batch)
+    weights = kd_token_weights(batch["completion_mask"], term.rewards, 1.0, term.tokens_in_batch)
     assert logged != 0.0
     assert logged == pytest.approx(conditional_kd_loss(long, short, weights).item(), rel=1e-4, abs=1e-6)

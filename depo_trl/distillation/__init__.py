@@ -8,7 +8,7 @@ from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch,
 from .iw import IWDistillation
 from .kd import KDDistillation
 from .long_pass import LongPass
-from .memory import ForwardPlan, LongPassMemory, available_memory, plan_forwards
+from .memory import LongPassMemory, available_memory, forward_size, holds
 
 
 DISTILLATIONS: dict[str, type[Distillation]] = {term.name: term for term in (KDDistillation, IWDistillation)}
@@ -18,7 +18,6 @@ __all__ = [
     "Accumulation",
     "ClippedObjective",
     "Distillation",
-    "ForwardPlan",
     "GenerationBatch",
     "IWDistillation",
     "KDDistillation",
@@ -28,5 +27,6 @@ __all__ = [
     "Window",
     "WindowRecord",
     "available_memory",
-    "plan_forwards",
+    "forward_size",
+    "holds",
 ]

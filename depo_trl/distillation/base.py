@@ -2,6 +2,7 @@
 window's pass. A variant (`kd.py`, `iw.py`) says which rollouts enter the pass, with what token weights, what loss a
 forward's log-probabilities make, and what it logs."""
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +27,15 @@ class Rollouts:
     completion_mask: torch.Tensor  # (B, T)
     loss_mask: torch.Tensor  # completion tokens that carry a loss (tool-output tokens excluded)
 
-    @property
+    @functools.cached_property
     def completion_lengths(self) -> list[int]:
         """Tokens of each completion (masks are prefix-contiguous: the tokens up to EOS)."""
         return self.completion_mask.sum(-1).tolist()
+
+    @functools.cached_property
+    def prompt_keys(self) -> list[tuple[int, ...]]:
+        """Each rollout's long prompt as a hashable key: rollouts of one prompt share a packed row."""
+        return [tuple(ids.tolist()) for ids in self.long_prompt_ids]
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class Window:
     """An optimizer window's micro-batches of one generation batch: the rollouts of each, and, once the window's first
     micro-batch has run the pass, its record. Every micro-batch of the window holds the same object."""
 
-    micro_batches: list[torch.Tensor]
+    rollouts_per_micro_batch: list[torch.Tensor]
     record: WindowRecord | None = field(default=None, repr=False)
 
 
@@ -142,10 +148,10 @@ class Distillation(ABC):
     def run_window(self, model, long_pass: LongPass, window: Window, accumulation: Accumulation) -> torch.Tensor:
         """The window's pass: the loss whose gradient is the term's over the window (and, for a term whose value the
         pass knows, its value), and the window's record, left on `window` for its micro-batches."""
-        rows = torch.cat(window.micro_batches)
+        rows = torch.cat(window.rollouts_per_micro_batch)
         size = self.rollouts.loss_mask.shape
         weights = torch.zeros(size, dtype=torch.float32, device=rows.device)
-        weights[rows] = self.token_weights(window.micro_batches, accumulation).float()
+        weights[rows] = self.token_weights(window.rollouts_per_micro_batch, accumulation).float()
         in_pass = torch.zeros(size[0], dtype=torch.bool, device=rows.device)
         in_pass[rows] = self.enters_pass(rows, weights[rows])
         loss, long_logps = long_pass.run(

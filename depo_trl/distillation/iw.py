@@ -66,14 +66,14 @@ class IWDistillation(Distillation):
         return cls(rollouts, output["advantages"], old_logps, correction, tokens_in_batch, batch.proxy)
 
     def token_weights(self, micro_batches: list[torch.Tensor], accumulation: Accumulation) -> torch.Tensor:
-        mask = self.rollouts.loss_mask
-        if self.objective.loss_type == "dapo":
+        mask, loss_type = self.rollouts.loss_mask, self.objective.loss_type
+        if loss_type == "dapo":  # the generation batch's tokens, spread over the accumulation like TRL's DAPO
             normalizer = accumulated_token_normalizer(
                 self.tokens_in_batch, accumulation.processes, accumulation.steps, accumulation.steps_per_generation
             )
-            return mask[torch.cat(micro_batches)] / normalizer
+            return iw_token_weights(mask[torch.cat(micro_batches)], loss_type, normalizer)
         # GRPO and BNPO normalise within each micro-batch, as TRL's proxy loss does
-        weights = [iw_token_weights(mask[rows], self.objective.loss_type) for rows in micro_batches]
+        weights = [iw_token_weights(mask[rows], loss_type) for rows in micro_batches]
         return torch.cat(weights) / accumulation.steps
 
     def enters_pass(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..long_context import (
     shared_row_log_probs,
     shared_row_tokens,
 )
-from .memory import ForwardPlan, LongPassMemory, available_memory, plan_forwards
+from .memory import LongPassMemory, available_memory, forward_size, holds
 
 
 logger = logging.get_logger(__name__)
@@ -86,38 +86,47 @@ class LongPass:
         detached log-probs `(B, T)` of every rollout (zero outside `rows`)."""
         device = self.accelerator.device
         order = rows.tolist()
-        lengths = rollouts.completion_lengths
+        lengths, all_keys = rollouts.completion_lengths, rollouts.prompt_keys
         prompt_lengths = [len(rollouts.long_prompt_ids[r]) for r in order]
         completion_lengths = [lengths[r] for r in order]
-        keys = [tuple(rollouts.long_prompt_ids[r].tolist()) for r in order]
-        plan = self._plan(model, keys, prompt_lengths, completion_lengths)
-        forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, plan.tokens_per_forward, self.share_prefix)
-        # Every process runs the agreed number of forwards; the extra ones are one rollout with no weight
-        count = int(self.accelerator.gather(torch.tensor([len(forwards)], device=device)).max())
+        keys = [all_keys[r] for r in order]
+        size, memory_model, available = self._forward_size(model, keys, prompt_lengths, completion_lengths)
+        forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
+        held = sum(
+            chunk_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in forwards
+        )
+        # Every process runs the agreed number of forwards (the extra ones are one rollout with no weight), and
+        # recomputes them alike: when holding what the busiest process plans does not fit
+        count, held = (
+            self.accelerator.gather(torch.tensor([[len(forwards), held]], device=device)).max(0).values.tolist()
+        )
+        fits = memory_model is not None and holds(memory_model, held, size, available)
+        recompute = count > 1 and not fits
+        self._announce(size, count, held, recompute, memory_model, available)
         long_logps = torch.zeros(rollouts.loss_mask.shape, dtype=torch.float32, device=device)
         losses = []
         for index in range(count):
             # The last forward is not recomputed: the backward reaches it first, so holding it raises no peak
-            recompute = plan.recompute and index < count - 1
+            recomputed = recompute and index < count - 1
             if index < len(forwards):
                 groups = [[order[position] for position in group] for group in forwards[index]]
                 forward_rows = torch.tensor([r for group in groups for r in group], device=device)
-                logps = self._forward(model, rollouts, groups, recompute)
+                logps = self._forward(model, rollouts, groups, recomputed)
                 long_logps[forward_rows] = logps.detach().float()
                 losses.append(forward_loss(forward_rows, logps))
             else:
-                losses.append(self._forward(model, rollouts, [[0]], recompute).sum() * 0.0)
+                losses.append(self._forward(model, rollouts, [[0]], recomputed).sum() * 0.0)
         # No process has anything to compute: every process skips the pass alike
         loss = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
         return loss, long_logps
 
-    def _plan(self, model, keys, prompt_lengths, completion_lengths) -> ForwardPlan:
-        """The forward size and the hold-or-recompute decision, agreed across processes (the largest window, the
-        largest smallest forward, the least memory)."""
+    def _forward_size(self, model, keys, prompt_lengths, completion_lengths) -> tuple[int, LongPassMemory | None, int]:
+        """Tokens per forward, the memory model and the usable bytes, from values agreed across processes (the
+        largest window, group and smallest forward; the least memory). Without a memory reading (devices other than
+        CUDA and CPU): the requested size, or one prompt with its rollouts, recomputed when there are several."""
         window = plan_long_pass(keys, prompt_lengths, completion_lengths, None, self.share_prefix)
-        window_tokens = sum(
-            chunk_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in window
-        )
+        window_tokens = sum(chunk_tokens(f, prompt_lengths, completion_lengths, self.share_prefix) for f in window)
+        largest_group = one_prompt_budget(keys, prompt_lengths, completion_lengths, self.share_prefix)
         smallest = max(
             (
                 shared_row_tokens(p, [c]) if self.share_prefix else p + max(completion_lengths)
@@ -127,47 +136,49 @@ class LongPass:
         )
         memory = available_memory(self.accelerator.device)
         available = -1 if memory is None else int(memory * self.memory_fraction)
-        local = torch.tensor([[window_tokens, smallest, -available]], device=self.accelerator.device)
+        local = torch.tensor([[window_tokens, largest_group, smallest, -available]], device=self.accelerator.device)
         agreed = self.accelerator.gather(local).max(dim=0).values.tolist()
-        window_tokens, smallest, available = agreed[0], agreed[1], -agreed[2]
-        if available < 0:  # a device whose free memory cannot be read: one prompt with its rollouts per forward
-            tokens = self.requested_tokens or one_prompt_budget(
-                keys, prompt_lengths, completion_lengths, self.share_prefix
-            )
-            return ForwardPlan(tokens, recompute=window_tokens > tokens)
+        window_tokens, largest_group, smallest, available = agreed[0], agreed[1], agreed[2], -agreed[3]
+        if available < 0:
+            return self.requested_tokens or max(largest_group, 1), None, available
         unwrapped = self.accelerator.unwrap_model(model)
-        checkpointing = uses_layer_checkpointing(unwrapped)
         implementation = getattr(unwrapped.config, "_attn_implementation", None)
+        compute_bytes = 2 if self.accelerator.mixed_precision in ("bf16", "fp16") else unwrapped.dtype.itemsize
         memory_model = LongPassMemory.of_model(
             unwrapped.config,
-            dtype_bytes=2 if self.accelerator.mixed_precision in ("bf16", "fp16") else unwrapped.dtype.itemsize,
-            layer_checkpointing=checkpointing,
+            # The residual stream, which checkpointing keeps, stays in the weights' dtype under autocast
+            dtype_bytes=max(compute_bytes, unwrapped.dtype.itemsize),
+            layer_checkpointing=uses_layer_checkpointing(unwrapped),
             rollouts_per_prompt=self.rollouts_per_prompt,
             keys_repeated_per_head=implementation == "sdpa",
+            padded_row_tokens=None if self.share_prefix else smallest,
+            eager_attention=implementation == "eager",
         )
-        plan = plan_forwards(memory_model, window_tokens, smallest, available, self.requested_tokens)
-        self._announce(plan, window_tokens, available, memory_model, checkpointing)
-        return plan
+        size = self.requested_tokens or forward_size(memory_model, window_tokens, largest_group, smallest, available)
+        return size, memory_model, available
 
-    def _announce(self, plan, window_tokens, available, memory_model, checkpointing) -> None:
-        """Say once what the pass does, and again if a window makes it switch between holding and recomputing."""
-        several = window_tokens > plan.tokens_per_forward
-        if self._announced == (several, plan.recompute) or not self.accelerator.is_main_process:
+    def _announce(self, size, count, held, recompute, memory_model, available) -> None:
+        """Say once what the pass does, and again when a window makes it switch between holding and recomputing."""
+        decision = (count > 1, recompute)
+        if self._announced == decision or not self.accelerator.is_main_process:
             return
-        self._announced = (several, plan.recompute)
-        layers = " (and each layer again, under gradient checkpointing)" if checkpointing else ""
-        if not plan.recompute:
-            what = f"holding every forward for the backward: each backbone runs once{layers}"
-        else:
+        self._announced = decision
+        if recompute:
             what = (
-                f"recomputing all forwards but the last in the backward, since holding them would not fit: each "
-                f"backbone runs twice{layers}"
+                f"{count} forwards of up to {size} tokens, all but the last recomputed in the backward, since holding "
+                f"their {held} tokens would not fit"
             )
+        else:
+            what = f"{count} forward{'s' if count > 1 else ''} of up to {size} tokens, held for the backward"
+        model = (
+            "no memory reading on this device"
+            if memory_model is None
+            else f"{available / 2**30:.1f} GiB usable, {memory_model.held / 2**10:.0f} KiB held and "
+            f"{memory_model.working / 2**10:.0f} KiB working per token"
+        )
         logger.warning(
-            f"Long pass: forwards of up to {plan.tokens_per_forward} tokens for a window of {window_tokens}, {what}. "
-            f"Memory model: {available / 2**30:.1f} GiB usable, {memory_model.held / 2**10:.0f} KiB held and "
-            f"{memory_model.working / 2**10:.0f} KiB working per token (distillation_chunk_tokens and "
-            "distillation_memory_fraction set it)."
+            f"Long pass: {what} (memory model: {model}; distillation_chunk_tokens and distillation_memory_fraction "
+            "set it)."
         )
 
     def _forward(self, model, rollouts, groups: list[list[int]], recompute: bool) -> torch.Tensor:

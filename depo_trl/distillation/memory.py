@@ -5,8 +5,8 @@ backward needs until the step's single backward ("held"), or is recomputed durin
 its inputs are kept). Holding runs each backbone once (twice under the model's per-layer gradient checkpointing, which
 recomputes each layer in the backward); recomputing adds one more forward. So the pass holds every forward whenever the
 memory model says they fit, and recomputes all but the last (which the backward reaches first, so holding it does not
-raise the peak) only when they do not. The byte counts are estimates from the model's shapes; `--device cuda` of
-`benchmarks/gpu_check.py` compares them with measured peaks.
+raise the peak) only when they do not. The byte counts are estimates from the model's shapes;
+`benchmarks/long_pass_scaling.py` and `benchmarks/gpu_check.py` print them beside measured peaks.
 """
 
 import os
@@ -39,11 +39,16 @@ class LongPassMemory:
         layer_checkpointing: bool,
         rollouts_per_prompt: int,
         keys_repeated_per_head: bool,
+        padded_row_tokens: int | None = None,
+        eager_attention: bool = False,
     ) -> "LongPassMemory":
-        """The estimate for a Llama-style decoder (`config`'s text model) computing in `dtype_bytes` per element.
+        """The estimate for a Llama-style decoder (`config`'s text model) computing in `dtype_bytes` per element (the
+        residual stream's: float32 weights under bf16 autocast keep it in float32).
 
         `keys_repeated_per_head`: the attention expands grouped keys and values to every query head (SDPA with a
-        mask does; flash-attention does not).
+        mask does; flash-attention does not). `padded_row_tokens`: the forwards are padded batches of rows this long
+        (the pass without sharing), whose attention builds per-row masks, and with `eager_attention` keeps
+        `heads x row` scores per query token and layer.
         """
         text = config.get_text_config()
         hidden, heads, layers = text.hidden_size, text.num_attention_heads, text.num_hidden_layers
@@ -52,54 +57,52 @@ class LongPassMemory:
         intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
         # Saved by one decoder layer for its backward, per token: both norms' inputs and outputs, q, k and v and their
         # rotated copies, the attention and o_proj outputs; the MLP's gate, up, activation and product
-        layer = 9 * hidden + 3 * key_width + 4 * intermediate
-        # The segments' attention call takes the prompt's keys and values once per rollout of the row: at most
-        # `2 x rollouts` key widths per row token (query-head widths where they are repeated per head)
-        repeated_keys = 2 * rollouts_per_prompt * (heads * head_dim if keys_repeated_per_head else key_width)
-        per_layer = (layer + repeated_keys) * dtype_bytes
+        layer = (9 * hidden + 3 * key_width + 4 * intermediate) * dtype_bytes
+        mask = 0
+        if padded_row_tokens is None:
+            # The segments' attention call takes the prompt's keys and values once per rollout of the row: at most
+            # `2 x rollouts` key widths per row token (query-head widths where they are repeated per head)
+            layer += (
+                2 * rollouts_per_prompt * (heads * head_dim if keys_repeated_per_head else key_width) * dtype_bytes
+            )
+        else:
+            mask = padded_row_tokens  # a boolean `(row, row)` mask per row, built once per forward
+            if eager_attention:
+                layer += 2 * heads * padded_row_tokens * dtype_bytes  # the scores and their softmax
         head_input = hidden * dtype_bytes
         if layer_checkpointing:
-            return cls(held=layers * hidden * dtype_bytes + head_input, working=2 * per_layer)
-        return cls(held=layers * per_layer + head_input, working=layer * dtype_bytes)
+            return cls(held=layers * hidden * dtype_bytes + head_input, working=2 * layer + mask)
+        return cls(held=layers * layer + head_input, working=layer + mask)
 
 
-@dataclass(frozen=True)
-class ForwardPlan:
-    """How a window's long pass runs: forwards of at most `tokens_per_forward` tokens, recomputed in the backward
-    (all but the last) or held until it."""
-
-    tokens_per_forward: int
-    recompute: bool
-
-
-def plan_forwards(
+def forward_size(
     memory: LongPassMemory,
     window_tokens: int,
+    largest_group: int,
     smallest_forward: int,
     available_bytes: float,
-    requested_tokens: int | None = None,
-) -> ForwardPlan:
-    """The forwards of a window of `window_tokens` tokens (one packed forward's worth) in `available_bytes`.
+) -> int:
+    """Tokens per forward for a window of `window_tokens` (one forward's worth, each prompt once) in `available_bytes`.
 
-    With `requested_tokens` (`distillation_chunk_tokens`) the forwards have that size, and are held when every
-    forward's held part and one forward's working set fit. Without, the forward size is the memory model's: the
-    whole window when it fits alone; else the largest forwards that fit beside every forward's held part; else, held
-    parts not fitting, the largest forward that fits by itself, recomputed. `smallest_forward` (one prompt with one
-    completion) is the floor: a window that does not fit even that way still runs, and may run out of memory.
+    The whole window when it fits alone; else the largest forwards that fit beside every forward's held part, as long
+    as they hold a prompt with all its rollouts (`largest_group`: a prompt split over forwards is held once per piece);
+    else the largest forward that fits by itself, to be recomputed ([`holds`] says so). `smallest_forward` (one prompt
+    with one completion) is the floor: a window that does not fit even that way still runs, and may run out of memory.
     """
-    if requested_tokens is not None:
-        if requested_tokens >= window_tokens:
-            return ForwardPlan(requested_tokens, recompute=False)
-        held = window_tokens * memory.held + requested_tokens * memory.working <= available_bytes
-        return ForwardPlan(requested_tokens, recompute=not held)
     alone = int(available_bytes // (memory.held + memory.working))
     if alone >= window_tokens:
-        return ForwardPlan(window_tokens, recompute=False)
+        return window_tokens
     room = available_bytes - window_tokens * memory.held
     beside_held = int(room // memory.working) if room > 0 else 0
-    if beside_held >= smallest_forward:
-        return ForwardPlan(beside_held, recompute=False)
-    return ForwardPlan(max(alone, smallest_forward), recompute=True)
+    if beside_held >= largest_group:
+        return beside_held
+    return max(alone, smallest_forward)
+
+
+def holds(memory: LongPassMemory, held_tokens: int, tokens_per_forward: int, available_bytes: float) -> bool:
+    """Whether forwards of `tokens_per_forward` tokens, `held_tokens` in all (a prompt counted once per forward it is
+    in), can all be kept for the backward: their held parts and one forward's working set fit."""
+    return held_tokens * memory.held + tokens_per_forward * memory.working <= available_bytes
 
 
 def available_memory(device: torch.device) -> int | None:

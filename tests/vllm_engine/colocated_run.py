@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import torch
 from safetensors.torch import load_file
 from vllm import SamplingParams
 
@@ -42,6 +43,8 @@ def run() -> None:
         "served_original": engine_log_probs(llm, sequence, prompt_length),
         "trained": hf_log_probs(os.path.join(run_dir, "checkpoint-1"), sequence, prompt_length),
         "original": hf_log_probs(model_dir, sequence, prompt_length),
+        "trained_bf16": hf_log_probs(os.path.join(run_dir, "checkpoint-1"), sequence, prompt_length, torch.bfloat16),
+        "original_bf16": hf_log_probs(model_dir, sequence, prompt_length, torch.bfloat16),
         "logs": step_logs(run_dir),
     }
     with open(result_path, "w") as handle:

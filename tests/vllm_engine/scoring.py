@@ -18,9 +18,10 @@ def reference_sequence(model_dir: str) -> tuple[list[int], int]:
     )
 
 
-def hf_log_probs(model_dir, sequence: list[int], prompt_length: int) -> list[float]:
-    """Log-probabilities of `sequence[prompt_length:]` under the float32 checkpoint in `model_dir` (transformers)."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+def hf_log_probs(model_dir, sequence: list[int], prompt_length: int, dtype=torch.float32) -> list[float]:
+    """Log-probabilities of `sequence[prompt_length:]` under the checkpoint in `model_dir` (transformers), its weights
+    in `dtype`."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     with torch.no_grad():
         logits = model(torch.tensor([sequence])).logits[0, prompt_length - 1 : -1].float()
     targets = torch.tensor(sequence[prompt_length:])

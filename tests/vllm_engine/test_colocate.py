@@ -41,8 +41,10 @@ def test_colocated_engine_trains_and_takes_the_trained_weights(smollm2_dir, smol
     assert len(result["logs"]) == 2
     for log in result["logs"]:  # the rollouts came from the engine: TRL measured its sampler against the trainer
         assert "sampling/importance_sampling_ratio/mean" in log and log["depo/kd_tokens"] > 0
-    # vLLM's CPU build computes in bfloat16: its gap to the float32 model on the same weights is the tolerance
-    rounding = mean_gap(result["served_original"], result["original"])
-    assert mean_gap(result["served_trained"], result["trained"]) < 2 * rounding
-    assert mean_gap(result["trained"], result["original"]) > 4 * rounding
-    assert mean_gap(result["served_trained"], result["original"]) > 4 * rounding
+    # The colocated engine runs in bfloat16 (vLLM's CPU default for a float32 checkpoint): it is compared with the
+    # checkpoints' own bfloat16 scores, and its gap to them on the original weights (the kernels' differences) is the
+    # tolerance; the training step moved the scores several times further
+    kernels = mean_gap(result["served_original"], result["original_bf16"])
+    assert mean_gap(result["served_trained"], result["trained_bf16"]) < 2 * kernels
+    assert mean_gap(result["trained"], result["original"]) > 4 * kernels
+    assert mean_gap(result["served_trained"], result["original_bf16"]) > 4 * kernels
