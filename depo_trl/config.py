@@ -1,3 +1,4 @@
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -52,6 +53,9 @@ class DePOConfig(GRPOConfig):
             safetensors checkpoint the trainer writes to `vllm_weight_sync_dir` (server mode) or from the parameters
             in memory (colocate mode); it runs on CPUs too, and serves a generation server the trainer can reach only
             over HTTP and a shared disk.
+        vllm_request_timeout (`float`, *optional*, defaults to `600.0`):
+            Seconds a request to the vLLM server (a batch's generation, a weight reload) may take before the run
+            stops with an error naming the server; a timed-out request is not retried.
         vllm_weight_sync_dir (`str`, *optional*):
             Folder the trainer writes the weights to for a server with `vllm_weight_sync="reload"`; the server must
             read it at the same path. Defaults to `<output_dir>/vllm_weights`.
@@ -125,6 +129,13 @@ class DePOConfig(GRPOConfig):
             "choices": ["trl", "reload"],
         },
     )
+    vllm_request_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds a request to the vLLM server (a batch's generation, a weight reload) may take before the "
+            "run stops with an error naming the server; a timed-out request is not retried."
+        },
+    )
     vllm_weight_sync_dir: str | None = field(
         default=None,
         metadata={
@@ -159,12 +170,29 @@ class DePOConfig(GRPOConfig):
                 f"The long-context pass runs once per optimizer window of a generation batch, so one of "
                 f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
             )
+        generation = self.steps_per_generation * self.num_iterations
+        # A checkpoint inside a generation batch cannot be resumed exactly: TRL regenerates the batch's rollouts, with
+        # other samples, where the uninterrupted run trained on the rest of the buffered ones
+        steps_between = generation // math.gcd(generation, self.gradient_accumulation_steps)
+        saves_by_steps = self.save_strategy == "steps" and self.save_steps >= 1 and float(self.save_steps).is_integer()
+        if saves_by_steps and int(self.save_steps) % steps_between:
+            raise UsageError(
+                f"save_steps={self.save_steps}: a generation batch spans {steps_between} optimizer steps "
+                f"(steps_per_generation={self.steps_per_generation} x num_iterations={self.num_iterations} micro-steps, "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps}), and a checkpoint inside one does not "
+                f"resume exactly (its rollouts would be generated again); set save_steps to a multiple of "
+                f"{steps_between}."
+            )
         if self.vllm_weight_sync not in ("trl", "reload"):
             raise UsageError(f"vllm_weight_sync must be 'trl' or 'reload', got {self.vllm_weight_sync!r}.")
         if self.use_vllm and self.vllm_weight_sync == "reload" and self.vllm_enable_sleep_mode:
             raise UsageError(
                 "vllm_enable_sleep_mode discards the colocated engine's weights, which vllm_weight_sync='reload' "
                 "reloads in place; set vllm_weight_sync='trl' or vllm_enable_sleep_mode=false."
+            )
+        if self.vllm_request_timeout <= 0:
+            raise UsageError(
+                f"vllm_request_timeout must be a positive number of seconds, got {self.vllm_request_timeout}."
             )
         if self.vllm_weight_sync_dir is None:
             self.vllm_weight_sync_dir = os.path.join(self.output_dir, "vllm_weights")

@@ -38,7 +38,7 @@ from .distillation import (
 from .long_context import install_shared_prefix_attention, layer_attention_windows
 from .rewards import answer_column_problem, reads_answer_column
 from .user_errors import UsageError
-from .vllm_sync import vllm_weight_sync
+from .vllm_sync import depo_vllm_generation
 
 
 logger = logging.get_logger(__name__)
@@ -170,7 +170,7 @@ class DePOTrainer(GRPOTrainer):
         self._pending_rewards: torch.Tensor | None = None
         # YAML of the recipe the run was launched with, if any; the model card reproduces it.
         self.recipe: str | None = None
-        with vllm_weight_sync(args.vllm_weight_sync, args.vllm_weight_sync_dir):
+        with depo_vllm_generation(args.vllm_weight_sync, args.vllm_weight_sync_dir, args.vllm_request_timeout):
             super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
         for split, dataset in _datasets_by_split(train_dataset, eval_dataset):
             problem = missing_column_problem(_column_names(dataset), args, self.reward_funcs)

@@ -1,4 +1,10 @@
-"""Weight sync to vLLM through vLLM's own `reload_weights` (`vllm_weight_sync: reload`).
+"""DePO's vLLM generation backend: TRL's, with requests to a server that give up after `vllm_request_timeout`, and
+weights synced, as `vllm_weight_sync` says, by TRL's transfer or by vLLM's own `reload_weights`.
+
+TRL's client waits as long as a server holds the connection open: a server that stops answering (hung, swapped out,
+paused) would stall training for good. Every request here gives up after `vllm_request_timeout` seconds and is not
+retried on that timeout (a connection refused still gets TRL's retries, about a minute); either failure ends the run
+with one line naming the server.
 
 TRL pushes the trainer's weights into vLLM with NCCL (server mode) or with the colocated engine's `load_weights`.
 Neither runs on a CPU (NCCL needs CUDA; vLLM's CPU build repacks its linear weights, which `load_weights` then cannot
@@ -13,20 +19,22 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
+import requests
 import torch
 import trl.trainer.grpo_trainer as grpo_trainer_module
 from safetensors.torch import save_file
 from trl.generation.vllm_client import VLLMClient
 from trl.generation.vllm_generation import VLLMGeneration
+from urllib3.exceptions import ReadTimeoutError
 
+from .user_errors import UsageError
 from .vllm_worker import reload_trained_weights
 
 
 # Tensors are written in files of about this size, so the host holds one file's worth of weights at a time
 SHARD_BYTES = 2 * 2**30
-# A 7B checkpoint reloads from a local disk in well under a minute; a server that takes longer is reported as stuck
-RELOAD_TIMEOUT_SECONDS = 600.0
 
 
 def write_safetensors_folder(named_tensors: Iterable[tuple[str, torch.Tensor]], folder: str) -> str:
@@ -57,12 +65,53 @@ def write_safetensors_folder(named_tensors: Iterable[tuple[str, torch.Tensor]], 
     return folder
 
 
-class ReloadWeightsVLLMGeneration(VLLMGeneration):
-    """TRL's vLLM generation backend; the only change w.r.t. `VLLMGeneration` is how weights reach the engine:
-    through vLLM's `reload_weights` (see the module docstring), and so a server gets no NCCL communicator."""
+class BoundedVLLMClient(VLLMClient):
+    """TRL's vLLM client whose requests give up after `request_timeout` seconds, with a one-line error naming the
+    server; the only changes w.r.t. `VLLMClient`."""
 
-    def __init__(self, *args, weights_dir: str, **kwargs):
+    def __init__(self, *args, request_timeout: float, **kwargs):
+        self.request_timeout = request_timeout
+        super().__init__(*args, **kwargs)
+        # A read that timed out is not tried again: the server had `request_timeout` to answer
+        for adapter in self.session.adapters.values():
+            adapter.max_retries = adapter.max_retries.new(read=0)
+
+    def _get(self, url: str, **kwargs) -> dict:
+        return self._bounded(super()._get, url, **kwargs)
+
+    def _post(self, url: str, **kwargs) -> dict:
+        return self._bounded(super()._post, url, **kwargs)
+
+    def _bounded(self, send, url: str, **kwargs):
+        kwargs.setdefault("timeout", self.request_timeout)
+        resume = "then start the run again: it resumes from its last checkpoint"
+        try:
+            return send(url, **kwargs)
+        except requests.exceptions.ConnectionError as error:
+            # A read timeout that exhausts the retries arrives as a ConnectionError around urllib3's error
+            reason = getattr(error.args[0], "reason", None) if error.args else None
+            if not isinstance(error, requests.exceptions.Timeout) and not isinstance(reason, ReadTimeoutError):
+                raise UsageError(
+                    f"vllm_server {self.base_url}: unreachable ({type(reason or error).__name__}, after TRL's "
+                    f"retries); start the server (python -m depo_trl.scripts.vllm_server --config <recipe>), {resume}."
+                ) from None
+        except requests.exceptions.Timeout:
+            pass
+        raise UsageError(
+            f"vllm_server {self.base_url}: no answer to {urlparse(url).path} within {kwargs['timeout']:g} s "
+            f"(vllm_request_timeout); check the server (its log, its GPU), restart it if it hangs, {resume}."
+        )
+
+
+class DePOVLLMGeneration(VLLMGeneration):
+    """TRL's vLLM generation backend; the only changes w.r.t. `VLLMGeneration`: a server is reached through
+    [`BoundedVLLMClient`], and with `weight_sync="reload"` weights reach the engine through vLLM's `reload_weights`
+    (see the module docstring), without TRL's NCCL communicator."""
+
+    def __init__(self, *args, weight_sync: str, weights_dir: str, request_timeout: float, **kwargs):
+        self.weight_sync = weight_sync
         self.weights_dir = os.path.abspath(weights_dir)
+        self.request_timeout = request_timeout
         self._synced_folder: str | None = None
         self._syncs = 0
         super().__init__(*args, **kwargs)
@@ -70,16 +119,23 @@ class ReloadWeightsVLLMGeneration(VLLMGeneration):
     def _init_vllm(self):
         if self.mode != "server":
             return super()._init_vllm()
-        # TRL's server set-up (the client on the main process, every process waiting for it) without the NCCL
-        # weight-transfer group, which `reload_weights` does not use
+        # TRL's server set-up (the client on the main process, every process waiting for it), with the bounded
+        # client, and TRL's NCCL communicator only for TRL's transfer
         if self.accelerator.is_main_process:
             base_url = self.server_base_url or f"http://{self.server_host}:{self.server_port}"
-            self.vllm_client = VLLMClient(
-                base_url=base_url, group_port=self.group_port, connection_timeout=self.server_timeout
+            self.vllm_client = BoundedVLLMClient(
+                base_url=base_url,
+                group_port=self.group_port,
+                connection_timeout=self.server_timeout,
+                request_timeout=self.request_timeout,
             )
+            if self.weight_sync == "trl":
+                self.vllm_client.init_communicator(device=self.accelerator.device)
         self.accelerator.wait_for_everyone()
 
     def sync_weights(self):
+        if self.weight_sync == "trl":
+            return super().sync_weights()
         # Every process walks the parameters: under ZeRO-3 or FSDP gathering each one is a collective
         named_parameters = self._iter_named_params()
         if self.mode == "colocate":
@@ -93,18 +149,17 @@ class ReloadWeightsVLLMGeneration(VLLMGeneration):
         self._syncs += 1
         folder = write_safetensors_folder(named_parameters, os.path.join(self.weights_dir, f"sync-{self._syncs}"))
         client = self.vllm_client
-        response = client.session.post(
+        response = client._bounded(
+            client.session.post,
             f"{client.base_url}/collective_rpc",
             json={"method": "reload_trained_weights", "kwargs": {"weights_path": folder}},
-            timeout=RELOAD_TIMEOUT_SECONDS,
         )
         if response.status_code != 200:
-            raise RuntimeError(
-                f"The vLLM server at {client.base_url} did not reload the weights from {folder} "
-                f"(HTTP {response.status_code}: {response.text[:300]}). Start it with `python -m "
-                "depo_trl.scripts.vllm_server`, which adds the reload method to vLLM's workers and enables the "
-                "/collective_rpc endpoint, and make the folder readable at the same path on the server "
-                "(vllm_weight_sync_dir)."
+            raise UsageError(
+                f"vllm_server {client.base_url}: did not reload the weights from {folder} (HTTP "
+                f"{response.status_code}: {response.text[:300]}); start it with `python -m depo_trl.scripts.vllm_server`, "
+                "which adds the reload method to vLLM's workers, and make vllm_weight_sync_dir readable at the same path "
+                "on the server."
             )
         client.reset_prefix_cache()
         if self._synced_folder is not None:  # the server has read the new weights: the old ones are not needed
@@ -113,17 +168,16 @@ class ReloadWeightsVLLMGeneration(VLLMGeneration):
 
 
 @contextmanager
-def vllm_weight_sync(weight_sync: str, weights_dir: str) -> Iterator[None]:
-    """While open, the GRPOTrainer being built gets the vLLM backend of `weight_sync` (`"trl"`: TRL's own).
+def depo_vllm_generation(weight_sync: str, weights_dir: str, request_timeout: float) -> Iterator[None]:
+    """While open, a GRPOTrainer being built gets [`DePOVLLMGeneration`] as its vLLM backend.
 
     GRPOTrainer builds its `VLLMGeneration` inside `__init__` with no hook to choose the class, so the trainer module's
-    name is pointed at [`ReloadWeightsVLLMGeneration`] for the duration of the construction.
+    name is pointed at the subclass for the duration of the construction.
     """
-    if weight_sync == "trl":
-        yield
-        return
     original = grpo_trainer_module.VLLMGeneration
-    grpo_trainer_module.VLLMGeneration = functools.partial(ReloadWeightsVLLMGeneration, weights_dir=weights_dir)
+    grpo_trainer_module.VLLMGeneration = functools.partial(
+        DePOVLLMGeneration, weight_sync=weight_sync, weights_dir=weights_dir, request_timeout=request_timeout
+    )
     try:
         yield
     finally:

@@ -9,6 +9,8 @@ Scenarios (the second argument):
   (DePO-IW; with KD, process 1 has no correct rollout and plans none).
 - `overlong-eval`: `evaluate()` on a dataset where one process's long prompt exceeds `max_long_prompt_length`.
 - `bad-answer`: the exact-match reward on rows where one process's row has an unusable `answer` ([]).
+- `oom-on-process-1`: process 1 runs out of memory in its second long pass, while process 0 goes on into the step's
+  collectives; the run must end, not wait.
 
 Each process writes `rank<r>.json`: per step how many of its rollouts passed, the log history and a digest of its
 parameters; or, when training stops with a `ValueError`, the message.
@@ -18,6 +20,8 @@ import argparse
 import hashlib
 import json
 import os
+import sys
+import traceback
 
 import torch
 from datasets import Dataset
@@ -63,7 +67,9 @@ def parameter_digest(model) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
-    parser.add_argument("scenario", choices=["one-process-correct", "uneven-chunks", "overlong-eval", "bad-answer"])
+    parser.add_argument(
+        "scenario", choices=["one-process-correct", "uneven-chunks", "overlong-eval", "bad-answer", "oom-on-process-1"]
+    )
     parser.add_argument("output_dir")
     parser.add_argument("--distillation", default="kd")
     parser.add_argument("--chunk-tokens", type=int, default=None)
@@ -106,6 +112,16 @@ def main() -> None:
     )
     assert trainer.accelerator.num_processes == 2, "expected a two-process launch"
     rank = trainer.accelerator.process_index
+    if args.scenario == "oom-on-process-1" and rank == 1:
+        run, windows = trainer.long_pass.run, []
+
+        def out_of_memory(*run_args, **run_kwargs):
+            windows.append(True)
+            if len(windows) == 2:
+                raise torch.OutOfMemoryError("out of memory in the long pass (injected)")
+            return run(*run_args, **run_kwargs)
+
+        trainer.long_pass.run = out_of_memory
     result = {}
     try:
         if args.scenario == "overlong-eval":
@@ -126,6 +142,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
-    # Same exit as depo_trl.scripts.depo.cli: skip the process group's teardown, which can hang under load (gloo)
+    # Same exits as depo_trl.scripts.depo.cli: skip the process group's teardown, which can hang under load (gloo),
+    # and hide a failure from the launcher while it does
+    try:
+        main()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     os._exit(0)

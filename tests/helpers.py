@@ -94,6 +94,18 @@ def alternating_reward(completions, **kwargs) -> list[float]:
     return [float(index % 2 == 0) for index in range(len(completions))]
 
 
+_reward_calls = {"count": 0}
+
+
+def reward_failing_on_process_1(completions, **kwargs) -> list[float]:
+    """[`alternating_reward`], until its second call on process 1, which raises: a reward service that fails on one
+    process while the other goes on into the step's collectives."""
+    _reward_calls["count"] += 1
+    if os.environ.get("RANK") == "1" and _reward_calls["count"] == 2:
+        raise RuntimeError("the reward service failed on process 1")
+    return alternating_reward(completions)
+
+
 NAMES = ["alba", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo"]
 CITIES = ["paris", "rome", "oslo", "lima", "kyoto", "cairo", "quito", "perth"]
 # The training template's words (rendered with empty passages and question), and those of the rows below

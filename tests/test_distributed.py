@@ -4,21 +4,24 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+from .helpers import free_port, run_environment
+from .helpers import launch as launch_entry_point
 
-def launch(model_dir, output_dir, scenario: str, *options: str, port: int = 29517) -> subprocess.CompletedProcess:
+
+def launch(model_dir, output_dir, scenario: str, *options: str) -> subprocess.CompletedProcess:
     script = os.path.join(os.path.dirname(__file__), "distributed_depo_run.py")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         script, model_dir, scenario, str(output_dir), *options,
     ]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     # `--multi_gpu` on a machine without CUDA starts torchrun with the gloo backend (`--cpu` would start one process).
     # A hang (a process skipping a collective the other makes) shows up as a timeout here.
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=run_environment())
 
 
 def rank_results(output_dir) -> list[dict]:
@@ -69,3 +72,27 @@ def test_a_bad_input_on_one_process_stops_both_with_the_same_message(tiny_model_
     errors = [rank["error"] for rank in rank_results(tmp_path)]
     assert errors[0] == errors[1]
     assert message in errors[0]
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_process_ends_both_with_the_error_printed_once(tmp_path):
+    # Through the entry point: the reward raises on process 1 at its second call, while process 0 goes on into
+    # the step's collectives (TRL gathers every process's rewards)
+    started = time.monotonic()
+    result = launch_entry_point(
+        ["--config", "recipes/tiny/depo.yaml", "--output_dir", str(tmp_path / "run"),
+         "--reward_funcs", "tests.helpers.reward_failing_on_process_1"]
+    )  # fmt: skip
+    assert time.monotonic() - started < 120
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert output.count("RuntimeError: the reward service failed on process 1") == 1
+
+
+@pytest.mark.slow
+def test_an_out_of_memory_in_one_process_s_long_pass_ends_both(tiny_model_dir, tmp_path):
+    started = time.monotonic()
+    result = launch(tiny_model_dir, tmp_path, "oom-on-process-1")
+    assert time.monotonic() - started < 120
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).count("torch.OutOfMemoryError: out of memory in the long pass") == 1

@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import sys
+import traceback
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -440,22 +441,42 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[DePOScriptArguments, De
 
 
 @reports_usage_errors("depo-train")
-def cli(argv: list[str] | None = None) -> None:
-    """The `depo-train` console script and `python depo_trl/scripts/depo.py`: parse a recipe, train, save."""
+def train(argv: list[str] | None = None) -> None:
+    """Parse a recipe, train, save; a mistake in the input is one line (`reports_usage_errors`)."""
     trainer = main(*parse_recipe(argv))
     if trainer.accelerator.num_processes > 1:
-        # Freeing the DDP reducer after the gloo/NCCL group is gone can hang in the group's destructor (seen with
-        # gloo on a loaded CPU). Every process has saved and synchronised: close the trackers and leave without
-        # interpreter teardown.
+        # The process leaves without interpreter teardown (`cli`): its atexit hooks would not close the trackers
         for tracker in trainer.accelerator.trackers:
             tracker.finish()
         wandb = sys.modules.get("wandb")
-        if wandb is not None and wandb.run is not None:  # its atexit hook would not run
+        if wandb is not None and wandb.run is not None:
             wandb.finish()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        return
     trainer.accelerator.end_training()
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """The `depo-train` console script and `python depo_trl/scripts/depo.py`.
+
+    On several processes, every process leaves without interpreter teardown, whether it finished or failed: freeing
+    the DDP reducer or the process group after the gloo/NCCL group is gone can hang in its destructor (seen with gloo
+    on a loaded CPU), and a failed process that hangs there is never seen to fail by the launcher, which tears the
+    other processes down only once one has exited. So a failure on one process ends the job, with its error printed
+    once, by that process.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return train(argv)
+    code = 0
+    try:
+        train(argv)
+    except SystemExit as error:  # a usage error, already printed on one line
+        code = error.code if isinstance(error.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
