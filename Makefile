@@ -1,4 +1,4 @@
-.PHONY: install vllm-env test test-fast test-vllm quality style demo toy-warm-start toy-compare toy-compare-length toy-compare-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
+.PHONY: install vllm-env test test-fast test-vllm gpu-bundle gpu-check quality style demo toy-warm-start toy-compare toy-compare-length toy-compare-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -98,6 +98,13 @@ clean:
 
 tiny-assets: install  ## regenerate recipes/tiny/assets (the toy-world rows the tiny recipes train on)
 	$(BIN)/python -c "from depo_trl.toy.assets import write_tiny_assets; write_tiny_assets('recipes/tiny/assets')"
+
+# ---- The prepared GPU check (README "The GPU check") ----------------------------------------------------------------
+gpu-bundle: install  ## .gpu_bundle: the wheels the GPU machine lacks (Python 3.12), to carry there
+	$(BIN)/python benchmarks/prepare_gpu_bundle.py
+
+gpu-check:  ## on the GPU machine, offline: install .gpu_bundle and run benchmarks/gpu_check.py into OUT
+	bash benchmarks/run_gpu_check.sh $(OUT)
 
 # ---- GPU launches (see README "Launching on GPUs" and recipes/README.md) ------------------------------------------
 RECIPE ?= recipes/qwen2.5-7b-instruct/depo-grpo.yaml
