@@ -29,6 +29,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from unittest import mock
 
 import psutil
 import torch
@@ -105,6 +106,7 @@ def long_pass(model, point: Point, completion_tokens: int, device: str) -> None:
     from accelerate import Accelerator
 
     from depo_trl.distillation import LongPass, Rollouts
+    from depo_trl.distillation import long_pass as long_pass_module
 
     generator = torch.Generator().manual_seed(point.prompt_tokens * 1000 + point.rollouts)
     vocab = model.config.vocab_size
@@ -130,8 +132,21 @@ def long_pass(model, point: Point, completion_tokens: int, device: str) -> None:
         memory_fraction=0.8,
         rollouts_per_prompt=point.rollouts,
     )
-    loss, _ = runner.run(model, rollouts, torch.arange(point.rollouts, device=device), lambda _, logps: logps.sum())
+    # The recipes' regime: at 7B a window's full activations never fit, so the pass keeps the model's layer
+    # checkpoints (as the naive pass here does), where on this small model it would turn them off
+    with mock.patch.object(long_pass_module, "plan_pass", plan_under_layer_checkpointing):
+        loss, _ = runner.run(
+            model, rollouts, torch.arange(point.rollouts, device=device), lambda _, logps: logps.sum()
+        )
     loss.backward()
+
+
+def plan_under_layer_checkpointing(plain, checkpointed, *sizes):
+    """`plan_pass` for a model whose full activations never fit: held under its layer checkpoints, or recomputed."""
+    from depo_trl.distillation import PassPlan, plan_pass
+
+    plan = plan_pass(checkpointed, checkpointed, *sizes)
+    return PassPlan.HELD if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else plan
 
 
 def measure_point(point: Point, shape: ModelShape, completion_tokens: int, device: str, queue):
@@ -209,14 +224,21 @@ def predict_7b() -> list[dict]:
     DePOConfig's default memory fraction.
 
     Time: FLOPs at an assumed 40% of an A100's 312 bf16 TFLOP/s; per row token `2 x parameters` for each run of the
-    backbone (twice when held: the forward and the layers' recomputation; three times when recomputed) and `4 x` for
+    backbone (once held without layer checkpoints, twice held under them, three times recomputed) and `4 x` for
     the backward, plus causal attention over the prompt and each completion over the prompt.
     """
-    from depo_trl.distillation import LongPassMemory, forward_size, holds
+    from depo_trl.distillation import LongPassMemory, PassPlan, forward_size, plan_pass
     from depo_trl.long_context import chunk_tokens, plan_long_pass
 
-    memory = LongPassMemory.of_model(
-        shape_config(QWEN_7B), 2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False
+    plain, memory = (
+        LongPassMemory.of_model(
+            shape_config(QWEN_7B),
+            2,
+            layer_checkpointing=checkpointing,
+            rollouts_per_prompt=8,
+            keys_repeated_per_head=False,
+        )  # fmt: skip
+        for checkpointing in (False, True)
     )
     prompt, rollouts, completion = 15360, 8, 1000
     row = prompt + rollouts * (completion + 1)
@@ -240,10 +262,11 @@ def predict_7b() -> list[dict]:
                 )
                 forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, share_prefix=True)
                 held = sum(chunk_tokens(f, prompt_lengths, completion_lengths, True) for f in forwards)
-                recomputed = len(forwards) > 1 and not holds(memory, held, size, available)
-                runs = 3 if recomputed else 2
+                plan = plan_pass(plain, memory, held, size, len(forwards), available)
+                runs = {PassPlan.WITHOUT_LAYER_CHECKPOINTS: 1, PassPlan.HELD: 2, PassPlan.RECOMPUTED: 3}[plan]
                 flops = (2 * runs + 4) * QWEN_7B_PARAMETERS * held + (runs + 2) * attention_flops * prompts
-                kept = size if recomputed else held
+                per_token = plain if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else memory
+                kept = size if plan == PassPlan.RECOMPUTED else held
                 predictions.append(
                     {
                         "generation": generation,
@@ -251,8 +274,8 @@ def predict_7b() -> list[dict]:
                         "forward_size": source,
                         "tokens_per_forward": size,
                         "forwards": len(forwards),
-                        "recomputed": recomputed,
-                        "long_pass_gib": (kept * memory.held + size * memory.working) / 2**30,
+                        "plan": plan.value,
+                        "long_pass_gib": (kept * per_token.held + size * per_token.working) / 2**30,
                         "states_gib": states_gib,
                         "vllm_gib": vllm_gib,
                         "seconds_per_prompt": flops / prompts / throughput,
@@ -382,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         text += "".join(
             f"| {p['generation']} | {p['prompts']} | {p['forward_size']} | {p['tokens_per_forward']} | "
-            f"{p['forwards']} {'recomputed' if p['recomputed'] else 'held'} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | "
+            f"{p['forwards']} {p['plan']} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | "
             f"{p['vllm_gib']:.0f} | {p['seconds_per_prompt']:.1f} |\n"
             for p in predictions
         )

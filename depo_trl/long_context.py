@@ -137,6 +137,20 @@ def checkpointed_forward(module: torch.nn.Module) -> Iterator[None]:
             del module.forward
 
 
+@contextmanager
+def without_layer_checkpointing(model: torch.nn.Module) -> Iterator[None]:
+    """While open, the model's layers run without their gradient checkpointing (transformers' per-layer flags), and
+    keep their activations for the backward; the flags are restored after."""
+    checkpointed = [module for module in model.modules() if getattr(module, "gradient_checkpointing", False)]
+    for module in checkpointed:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in checkpointed:
+            module.gradient_checkpointing = True
+
+
 def chunk_tokens(
     chunk: list[list[int]], prompt_lengths: Sequence[int], completion_lengths: Sequence[int], share_prefix: bool
 ) -> int:

@@ -9,7 +9,16 @@ import torch
 from datasets import Dataset
 from transformers import Qwen2Config
 
-from depo_trl.distillation import DISTILLATIONS, Distillation, LongPassMemory, forward_size, holds
+from depo_trl.distillation import (
+    DISTILLATIONS,
+    Distillation,
+    LongPassMemory,
+    PassPlan,
+    forward_size,
+    holds,
+    long_pass,
+    plan_pass,
+)
 from depo_trl.long_context import SHARED_PREFIX_KWARG
 
 from .helpers import accumulated_gradients, generation_batch, make_rows, make_trainer
@@ -34,6 +43,26 @@ def test_forwards_that_would_split_a_prompt_are_sized_to_be_recomputed():
     assert forward_size(MEMORY, 100, largest_group=70, smallest_forward=20, available_bytes=3000) == 75
     # Nothing fits: the smallest forward still runs
     assert forward_size(MEMORY, 100, largest_group=70, smallest_forward=20, available_bytes=0) == 20
+
+
+PLAIN, CHECKPOINTED = LongPassMemory(held=20.0, working=10.0), LongPassMemory(held=5.0, working=20.0)
+
+
+@pytest.mark.parametrize(
+    ("available", "forwards", "checkpointing_model", "plain_model"),
+    [
+        # 100 x 20 + 50 x 10 fit: no layer checkpoints needed
+        (3000, 2, PassPlan.WITHOUT_LAYER_CHECKPOINTS, PassPlan.WITHOUT_LAYER_CHECKPOINTS),
+        # Only the checkpointed layers' inputs fit (100 x 5 + 50 x 20); a model without them recomputes
+        (2000, 2, PassPlan.HELD, PassPlan.RECOMPUTED),
+        (1000, 2, PassPlan.RECOMPUTED, PassPlan.RECOMPUTED),
+        # A single forward is the last: never recomputed
+        (1000, 1, PassPlan.HELD, PassPlan.WITHOUT_LAYER_CHECKPOINTS),
+    ],
+)
+def test_the_pass_runs_the_cheapest_way_that_fits(available, forwards, checkpointing_model, plain_model):
+    assert plan_pass(PLAIN, CHECKPOINTED, 100, 50, forwards, available) == checkpointing_model
+    assert plan_pass(PLAIN, None, 100, 50, forwards, available) == plain_model
 
 
 def test_holding_counts_every_copy_of_a_split_prompt():
@@ -103,18 +132,27 @@ def record_long_pass_mlp_calls(trainer) -> list[int]:
 @pytest.mark.parametrize(
     ("settings", "calls_per_forward"),
     [
-        ({"gradient_checkpointing": True}, [2, 2]),  # a forward and its layers' recomputation
+        # Memory to spare: the window is held without the layers' checkpoints, each backbone runs once
+        ({"gradient_checkpointing": True}, [1, 1]),
         ({"gradient_checkpointing": False}, [1, 1]),
+        # Held under the layer checkpoints (where only the layers' inputs fit): a forward and each layer's recomputation
+        ({"gradient_checkpointing": True, "plan": PassPlan.HELD}, [2, 2]),
         # Forwards that do not fit are recomputed, all but the last: under checkpointing, its layers once more
         ({"gradient_checkpointing": True, "distillation_memory_fraction": 1e-12}, [3, 2]),
         ({"gradient_checkpointing": False, "distillation_memory_fraction": 1e-12}, [2, 1]),
     ],
-    ids=["checkpointing-held", "held", "checkpointing-recomputed", "recomputed"],
+    ids=["checkpointing-fits", "fits", "checkpointing-held", "checkpointing-recomputed", "recomputed"],
 )
-def test_backbone_runs_of_each_forward_in_a_training_step(tiny_model_dir, tmp_path, settings, calls_per_forward):
+def test_backbone_runs_of_each_forward_in_a_training_step(
+    tiny_model_dir, tmp_path, monkeypatch, settings, calls_per_forward
+):
     # Two prompts per step, a forward each (distillation_chunk_tokens fits one prompt with its rollouts); train()
     # turns the recipes' gradient checkpointing on
     dataset = make_rows(num_rows=2, num_distractors=3) + make_rows(num_rows=2, num_distractors=9, seed=1)
+    settings = dict(settings)
+    if "plan" in settings:
+        plan = settings.pop("plan")
+        monkeypatch.setattr(long_pass, "plan_pass", lambda *args: plan)
     trainer = make_trainer(
         tiny_model_dir,
         Dataset.from_list([dataset[0], dataset[3]]),

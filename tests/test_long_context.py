@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from depo_trl.distillation import PassPlan, long_pass
 from depo_trl.long_context import (
     SHARED_PREFIX_KWARG,
     causal_band_mask,
@@ -204,7 +205,7 @@ NO_MEMORY = {"distillation_memory_fraction": 1e-12}
         {"share_long_prefix": True, "distillation_chunk_tokens": 60},
         {"share_long_prefix": True, "distillation_chunk_tokens": 60, **NO_MEMORY},
         {"share_long_prefix": True, "layer_checkpointing": True},
-        {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True},
+        {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True, "plan": "held"},
         {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True, **NO_MEMORY},
     ],
     ids=[
@@ -217,7 +218,9 @@ NO_MEMORY = {"distillation_memory_fraction": 1e-12}
         "shared+split+checkpointing-recomputed",
     ],
 )
-def test_shared_and_chunked_long_pass_match_the_naive_gradient(tiny_model_dir, tmp_path, distillation, level, variant):
+def test_shared_and_chunked_long_pass_match_the_naive_gradient(
+    tiny_model_dir, tmp_path, monkeypatch, distillation, level, variant
+):
     """Prompt-side padding (two long-prompt lengths) and completion-side padding (completions cut short); forwards
     held for the backward or recomputed in it; the model's layers checkpointed as `Trainer.train()` does it."""
     dataset = uneven_dataset()
@@ -230,6 +233,8 @@ def test_shared_and_chunked_long_pass_match_the_naive_gradient(tiny_model_dir, t
 
     settings = dict(variant)
     layer_checkpointing = settings.pop("layer_checkpointing", False)
+    if settings.pop("plan", None) == "held":  # held under the layer checkpoints (memory to spare would turn them off)
+        monkeypatch.setattr(long_pass, "plan_pass", lambda *args: PassPlan.HELD)
     other = make_trainer(tiny_model_dir, dataset, tmp_path / "other", **common, **settings)
     other.model.train()
     if layer_checkpointing:

@@ -8,7 +8,7 @@ from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch,
 from .iw import IWDistillation
 from .kd import KDDistillation
 from .long_pass import LongPass
-from .memory import LongPassMemory, available_memory, forward_size, holds
+from .memory import LongPassMemory, PassPlan, available_memory, forward_size, holds, plan_pass
 
 
 DISTILLATIONS: dict[str, type[Distillation]] = {term.name: term for term in (KDDistillation, IWDistillation)}
@@ -23,10 +23,12 @@ __all__ = [
     "KDDistillation",
     "LongPass",
     "LongPassMemory",
+    "PassPlan",
     "Rollouts",
     "Window",
     "WindowRecord",
     "available_memory",
     "forward_size",
     "holds",
+    "plan_pass",
 ]

@@ -6,6 +6,7 @@ forwards and makes the same hold-or-recompute decision, since under ZeRO-3 or FS
 recomputation) gathers parameters collectively.
 """
 
+import functools
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -22,8 +23,9 @@ from ..long_context import (
     plan_long_pass,
     shared_row_log_probs,
     shared_row_tokens,
+    without_layer_checkpointing,
 )
-from .memory import LongPassMemory, available_memory, forward_size, holds
+from .memory import LongPassMemory, PassPlan, available_memory, forward_size, plan_pass
 
 
 logger = logging.get_logger(__name__)
@@ -90,40 +92,47 @@ class LongPass:
         prompt_lengths = [len(rollouts.long_prompt_ids[r]) for r in order]
         completion_lengths = [lengths[r] for r in order]
         keys = [all_keys[r] for r in order]
-        size, memory_model, available = self._forward_size(model, keys, prompt_lengths, completion_lengths)
+        size, memory, available = self._forward_size(model, keys, prompt_lengths, completion_lengths)
         forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
         held = sum(
             chunk_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in forwards
         )
-        # Every process runs the agreed number of forwards (the extra ones are one rollout with no weight), and
-        # recomputes them alike: when holding what the busiest process plans does not fit
+        # Every process runs the agreed number of forwards (the extra ones are one rollout with no weight), and runs
+        # them alike: as what the busiest process plans fits
         count, held = (
             self.accelerator.gather(torch.tensor([[len(forwards), held]], device=device)).max(0).values.tolist()
         )
-        fits = memory_model is not None and holds(memory_model, held, size, available)
-        recompute = count > 1 and not fits
-        self._announce(size, count, held, recompute, memory_model, available)
+        if memory is None:  # no memory reading: the model's own checkpointing, every forward but the last recomputed
+            plan = PassPlan.RECOMPUTED if count > 1 else PassPlan.HELD
+        else:
+            plan = plan_pass(*memory, held, size, count, available)
+        self._announce(size, count, held, plan, memory, available)
         long_logps = torch.zeros(rollouts.loss_mask.shape, dtype=torch.float32, device=device)
+        layers = without_layer_checkpointing if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else nullcontext
         losses = []
-        for index in range(count):
-            # The last forward is not recomputed: the backward reaches it first, so holding it raises no peak
-            recomputed = recompute and index < count - 1
-            if index < len(forwards):
-                groups = [[order[position] for position in group] for group in forwards[index]]
-                forward_rows = torch.tensor([r for group in groups for r in group], device=device)
-                logps = self._forward(model, rollouts, groups, recomputed)
-                long_logps[forward_rows] = logps.detach().float()
-                losses.append(forward_loss(forward_rows, logps))
-            else:
-                losses.append(self._forward(model, rollouts, [[0]], recomputed).sum() * 0.0)
+        with layers(self.accelerator.unwrap_model(model)):
+            for index in range(count):
+                # The last forward is not recomputed: the backward reaches it first, so holding it raises no peak
+                recomputed = plan == PassPlan.RECOMPUTED and index < count - 1
+                if index < len(forwards):
+                    groups = [[order[position] for position in group] for group in forwards[index]]
+                    forward_rows = torch.tensor([r for group in groups for r in group], device=device)
+                    logps = self._forward(model, rollouts, groups, recomputed)
+                    long_logps[forward_rows] = logps.detach().float()
+                    losses.append(forward_loss(forward_rows, logps))
+                else:
+                    losses.append(self._forward(model, rollouts, [[0]], recomputed).sum() * 0.0)
         # No process has anything to compute: every process skips the pass alike
         loss = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
         return loss, long_logps
 
-    def _forward_size(self, model, keys, prompt_lengths, completion_lengths) -> tuple[int, LongPassMemory | None, int]:
-        """Tokens per forward, the memory model and the usable bytes, from values agreed across processes (the
-        largest window, group and smallest forward; the least memory). Without a memory reading (devices other than
-        CUDA and CPU): the requested size, or one prompt with its rollouts, recomputed when there are several."""
+    def _forward_size(
+        self, model, keys, prompt_lengths, completion_lengths
+    ) -> tuple[int, tuple[LongPassMemory, LongPassMemory | None] | None, int]:
+        """Tokens per forward, the memory models (without and, if the model uses it, with its layer checkpointing)
+        and the usable bytes, from values agreed across processes (the largest window, group and smallest forward;
+        the least memory). Without a memory reading (devices other than CUDA and CPU): the requested size, or one
+        prompt with its rollouts, and no memory model."""
         window = plan_long_pass(keys, prompt_lengths, completion_lengths, None, self.share_prefix)
         window_tokens = sum(chunk_tokens(f, prompt_lengths, completion_lengths, self.share_prefix) for f in window)
         largest_group = one_prompt_budget(keys, prompt_lengths, completion_lengths, self.share_prefix)
@@ -144,41 +153,46 @@ class LongPass:
         unwrapped = self.accelerator.unwrap_model(model)
         implementation = getattr(unwrapped.config, "_attn_implementation", None)
         compute_bytes = 2 if self.accelerator.mixed_precision in ("bf16", "fp16") else unwrapped.dtype.itemsize
-        memory_model = LongPassMemory.of_model(
+        shapes = functools.partial(
+            LongPassMemory.of_model,
             unwrapped.config,
             # The residual stream, which checkpointing keeps, stays in the weights' dtype under autocast
             dtype_bytes=max(compute_bytes, unwrapped.dtype.itemsize),
-            layer_checkpointing=uses_layer_checkpointing(unwrapped),
             rollouts_per_prompt=self.rollouts_per_prompt,
             keys_repeated_per_head=implementation == "sdpa",
             padded_row_tokens=None if self.share_prefix else smallest,
             eager_attention=implementation == "eager",
         )
-        size = self.requested_tokens or forward_size(memory_model, window_tokens, largest_group, smallest, available)
-        return size, memory_model, available
+        plain = shapes(layer_checkpointing=False)
+        checkpointed = shapes(layer_checkpointing=True) if uses_layer_checkpointing(unwrapped) else None
+        sizing = checkpointed or plain
+        size = self.requested_tokens or forward_size(sizing, window_tokens, largest_group, smallest, available)
+        return size, (plain, checkpointed), available
 
-    def _announce(self, size, count, held, recompute, memory_model, available) -> None:
-        """Say once what the pass does, and again when a window makes it switch between holding and recomputing."""
-        decision = (count > 1, recompute)
+    def _announce(self, size, count, held, plan, memory, available) -> None:
+        """Say once what the pass does, and again when a window makes it run its forwards another way."""
+        decision = (count > 1, plan)
         if self._announced == decision or not self.accelerator.is_main_process:
             return
         self._announced = decision
-        if recompute:
-            what = (
-                f"{count} forwards of up to {size} tokens, all but the last recomputed in the backward, since holding "
-                f"their {held} tokens would not fit"
-            )
+        forwards = f"{count} forward{'s' if count > 1 else ''} of up to {size} tokens ({held} in all)"
+        what = {
+            PassPlan.WITHOUT_LAYER_CHECKPOINTS: "held for the backward, each backbone run once (the window fits "
+            "without the model's layer checkpoints)",
+            PassPlan.HELD: "held for the backward under the model's layer checkpointing (each layer runs twice)",
+            PassPlan.RECOMPUTED: "all but the last recomputed in the backward, since holding them would not fit",
+        }[plan]
+        if memory is None:
+            model = "no memory reading on this device"
         else:
-            what = f"{count} forward{'s' if count > 1 else ''} of up to {size} tokens, held for the backward"
-        model = (
-            "no memory reading on this device"
-            if memory_model is None
-            else f"{available / 2**30:.1f} GiB usable, {memory_model.held / 2**10:.0f} KiB held and "
-            f"{memory_model.working / 2**10:.0f} KiB working per token"
-        )
+            sized = memory[1] or memory[0]
+            model = (
+                f"{available / 2**30:.1f} GiB usable, {sized.held / 2**10:.0f} KiB held and "
+                f"{sized.working / 2**10:.0f} KiB working per token"
+            )
         logger.warning(
-            f"Long pass: {what} (memory model: {model}; distillation_chunk_tokens and distillation_memory_fraction "
-            "set it)."
+            f"Long pass: {forwards}, {what} (memory model: {model}; distillation_chunk_tokens and "
+            "distillation_memory_fraction set it)."
         )
 
     def _forward(self, model, rollouts, groups: list[list[int]], recompute: bool) -> torch.Tensor:

@@ -9,6 +9,7 @@ raise the peak) only when they do not. The byte counts are estimates from the mo
 `benchmarks/long_pass_scaling.py` and `benchmarks/gpu_check.py` print them beside measured peaks.
 """
 
+import enum
 import os
 from dataclasses import dataclass
 
@@ -103,6 +104,36 @@ def holds(memory: LongPassMemory, held_tokens: int, tokens_per_forward: int, ava
     """Whether forwards of `tokens_per_forward` tokens, `held_tokens` in all (a prompt counted once per forward it is
     in), can all be kept for the backward: their held parts and one forward's working set fit."""
     return held_tokens * memory.held + tokens_per_forward * memory.working <= available_bytes
+
+
+class PassPlan(str, enum.Enum):
+    """How a window's forwards run, from the cheapest: kept for the backward with the model's layer checkpointing off
+    for them (each backbone runs once), kept under it (each layer twice), or recomputed in the backward, all but the
+    last (once more)."""
+
+    WITHOUT_LAYER_CHECKPOINTS = "held, without the model's layer checkpoints"
+    HELD = "held"
+    RECOMPUTED = "recomputed"
+
+
+def plan_pass(
+    plain: LongPassMemory,
+    checkpointed: LongPassMemory | None,
+    held_tokens: int,
+    tokens_per_forward: int,
+    forwards: int,
+    available_bytes: float,
+) -> PassPlan:
+    """The cheapest way the forwards fit: `plain` is the memory model without layer checkpointing, `checkpointed`
+    with it (None when the model does not checkpoint its layers). Layer checkpointing only saves memory, so where the
+    window fits without it the pass turns it off; a single forward is never recomputed (it is the last)."""
+    if holds(plain, held_tokens, tokens_per_forward, available_bytes):
+        return PassPlan.WITHOUT_LAYER_CHECKPOINTS
+    if checkpointed is not None and (
+        forwards == 1 or holds(checkpointed, held_tokens, tokens_per_forward, available_bytes)
+    ):
+        return PassPlan.HELD
+    return PassPlan.WITHOUT_LAYER_CHECKPOINTS if forwards == 1 else PassPlan.RECOMPUTED
 
 
 def available_memory(device: torch.device) -> int | None:
