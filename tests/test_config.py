@@ -31,7 +31,8 @@ def test_other_bad_values():
         config(distillation_chunk_tokens=100, max_long_prompt_length=90, max_completion_length=20)
     with pytest.raises(ValueError, match="must divide the other"):
         config(gradient_accumulation_steps=2, steps_per_generation=3)
-    config(gradient_accumulation_steps=2, steps_per_generation=3, distillation="none")  # no long pass: any split
+    # No long pass: any split, with checkpoints at generation-batch boundaries (every 3 optimizer steps here)
+    config(gradient_accumulation_steps=2, steps_per_generation=3, distillation="none", save_steps=3)
 
 
 def test_defaults_are_depo():
