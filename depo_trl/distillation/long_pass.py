@@ -92,7 +92,9 @@ class LongPass:
         prompt_lengths = [len(rollouts.long_prompt_ids[r]) for r in order]
         completion_lengths = [lengths[r] for r in order]
         keys = [all_keys[r] for r in order]
-        size, memory, available = self._forward_size(model, keys, prompt_lengths, completion_lengths)
+        # Unwrapped once: accelerate's unwrap reads installed packages' metadata on every call
+        unwrapped = self.accelerator.unwrap_model(model)
+        size, memory, available = self._forward_size(unwrapped, keys, prompt_lengths, completion_lengths)
         forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
         held = sum(
             chunk_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in forwards
@@ -110,24 +112,24 @@ class LongPass:
         long_logps = torch.zeros(rollouts.loss_mask.shape, dtype=torch.float32, device=device)
         layers = without_layer_checkpointing if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else nullcontext
         losses = []
-        with layers(self.accelerator.unwrap_model(model)):
+        with layers(unwrapped):
             for index in range(count):
                 # The last forward is not recomputed: the backward reaches it first, so holding it raises no peak
                 recomputed = plan == PassPlan.RECOMPUTED and index < count - 1
                 if index < len(forwards):
                     groups = [[order[position] for position in group] for group in forwards[index]]
                     forward_rows = torch.tensor([r for group in groups for r in group], device=device)
-                    logps = self._forward(model, rollouts, groups, recomputed)
+                    logps = self._forward(model, unwrapped, rollouts, groups, recomputed)
                     long_logps[forward_rows] = logps.detach().float()
                     losses.append(forward_loss(forward_rows, logps))
                 else:
-                    losses.append(self._forward(model, rollouts, [[0]], recomputed).sum() * 0.0)
+                    losses.append(self._forward(model, unwrapped, rollouts, [[0]], recomputed).sum() * 0.0)
         # No process has anything to compute: every process skips the pass alike
         loss = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
         return loss, long_logps
 
     def _forward_size(
-        self, model, keys, prompt_lengths, completion_lengths
+        self, unwrapped, keys, prompt_lengths, completion_lengths
     ) -> tuple[int, tuple[LongPassMemory, LongPassMemory | None] | None, int]:
         """Tokens per forward, the memory models (without and, if the model uses it, with its layer checkpointing)
         and the usable bytes, from values agreed across processes (the largest window, group and smallest forward;
@@ -150,7 +152,6 @@ class LongPass:
         window_tokens, largest_group, smallest, available = agreed[0], agreed[1], agreed[2], -agreed[3]
         if available < 0:
             return self.requested_tokens or max(largest_group, 1), None, available
-        unwrapped = self.accelerator.unwrap_model(model)
         implementation = getattr(unwrapped.config, "_attn_implementation", None)
         compute_bytes = 2 if self.accelerator.mixed_precision in ("bf16", "fp16") else unwrapped.dtype.itemsize
         shapes = functools.partial(
@@ -195,13 +196,13 @@ class LongPass:
             "distillation_memory_fraction set it)."
         )
 
-    def _forward(self, model, rollouts, groups: list[list[int]], recompute: bool) -> torch.Tensor:
+    def _forward(self, model, unwrapped, rollouts, groups: list[list[int]], recompute: bool) -> torch.Tensor:
         """Completion-token log-probs `(rollouts, T)` of `groups` (each a prompt's rollouts), in their order. With
         `recompute`, the backbone's activations are recomputed during the backward instead of kept."""
-        with checkpointed_forward(_backbone(self.accelerator.unwrap_model(model))) if recompute else nullcontext():
+        with checkpointed_forward(_backbone(unwrapped)) if recompute else nullcontext():
             if not self.share_prefix:
                 return self._padded_forward(model, rollouts, [r for group in groups for r in group])
-            return self._packed_forward(model, rollouts, groups)
+            return self._packed_forward(model, unwrapped.config.get_text_config(), rollouts, groups)
 
     def _padded_forward(self, model, rollouts, order: list[int]) -> torch.Tensor:
         lengths = rollouts.completion_lengths
@@ -215,7 +216,7 @@ class LongPass:
         logps = self.naive_log_probs(model, input_ids, attention_mask, width)
         return torch.nn.functional.pad(logps, (0, rollouts.completion_ids.size(1) - width))
 
-    def _packed_forward(self, model, rollouts, groups: list[list[int]]) -> torch.Tensor:
+    def _packed_forward(self, model, config, rollouts, groups: list[list[int]]) -> torch.Tensor:
         lengths = rollouts.completion_lengths
         packed = pack_shared_row(
             [
@@ -226,7 +227,6 @@ class LongPass:
                 for group in groups
             ]
         )
-        config = self.accelerator.unwrap_model(model).config.get_text_config()
         # MoE: the load-balancing loss would read the attention mask, here a placeholder, and is not used
         router = {"output_router_logits": False} if getattr(config, "output_router_logits", False) else {}
         with self.accelerator.autocast():
