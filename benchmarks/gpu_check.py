@@ -6,7 +6,8 @@
 
 1. `long_pass_exactness`: the shared-prefix long pass equals the naive pass (completion log-probs and the gradients
    of a KD-like and an IW-like loss), with the model's layers checkpointed as the recipes train, for SDPA and, when it
-   is importable, flash-attention 2, in float32 and bfloat16 (tolerances in `TOLERANCES`).
+   is importable, flash-attention 2, in float32 and bfloat16 (tolerances in `TOLERANCES`); each case both held under
+   the layer checkpoints (the recipes' regime at 7B) and with them turned off (where the window fits).
 2. `depo_steps`: three DePO steps of the tiny recipe (`recipes/tiny/depo.yaml`) through the entry point, in bfloat16 on
    the GPU: the parameters move and the distillation term runs.
 3. `long_pass_scaling`: the long pass alone at 4K, 8K, 16K and 32K-token prompts x 8 rollouts of 1K tokens on a random
@@ -27,6 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -45,14 +47,15 @@ TOLERANCES = {
 }
 
 
-def exactness_case(device: str, dtype: torch.dtype, implementation: str, loss: str) -> dict:
+def exactness_case(device: str, dtype: torch.dtype, implementation: str, loss: str, plan) -> dict:
     """One comparison of the shared pass (the trainer's own `LongPass`) with the naive one on a small random Qwen2:
-    two prompts of different lengths, four completions each, of different lengths."""
+    two prompts of different lengths, four completions each, of different lengths; both passes run their forwards as
+    `plan` (a `PassPlan`) says, whatever the memory model would choose for this small model."""
     from accelerate import Accelerator
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from depo_trl.distillation import LongPass, Rollouts
+    from depo_trl.distillation import LongPass, Rollouts, long_pass
     from depo_trl.long_context import install_shared_prefix_attention
     from depo_trl.losses import importance_weighted_loss
 
@@ -95,7 +98,8 @@ def exactness_case(device: str, dtype: torch.dtype, implementation: str, loss: s
             Accelerator(cpu=device == "cpu"), naive_log_probs, pad_token_id=0, share_prefix=share,
             requested_tokens=None, memory_fraction=0.8, rollouts_per_prompt=4,
         )  # fmt: skip
-        value, logps = runner.run(model, rollouts, torch.arange(8, device=device), loss_of)
+        with mock.patch.object(long_pass, "plan_pass", lambda *sizes: plan):
+            value, logps = runner.run(model, rollouts, torch.arange(8, device=device), loss_of)
         value.backward()
         gradients = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
         results[name] = (logps * mask, gradients)
@@ -110,6 +114,7 @@ def exactness_case(device: str, dtype: torch.dtype, implementation: str, loss: s
         "attention": implementation,
         "dtype": str(dtype).removeprefix("torch."),
         "loss": loss,
+        "plan": plan.name.lower(),
         "log_prob_gap": log_prob_gap,
         "gradient_relative_gap": gradient_gap,
         "tolerances": tolerance,
@@ -120,6 +125,8 @@ def exactness_case(device: str, dtype: torch.dtype, implementation: str, loss: s
 def long_pass_exactness(device: str, quick: bool, deadline: float) -> dict:
     from transformers.utils import is_flash_attn_2_available
 
+    from depo_trl.distillation import PassPlan
+
     implementations = ["sdpa"] + (["flash_attention_2"] if device == "cuda" and is_flash_attn_2_available() else [])
     dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
     cases = []
@@ -127,9 +134,10 @@ def long_pass_exactness(device: str, quick: bool, deadline: float) -> dict:
         # flash-attention computes in half precision only
         for dtype in [torch.bfloat16] if implementation == "flash_attention_2" else dtypes:
             for loss in ("kd", "iw"):
-                if time.monotonic() > deadline:
-                    return {"cases": cases, "stopped": "time limit"}
-                cases.append(exactness_case(device, dtype, implementation, loss))
+                for plan in (PassPlan.HELD, PassPlan.WITHOUT_LAYER_CHECKPOINTS):
+                    if time.monotonic() > deadline:
+                        return {"cases": cases, "stopped": "time limit"}
+                    cases.append(exactness_case(device, dtype, implementation, loss, plan))
     if not all(case["passed"] for case in cases):
         raise AssertionError(f"the shared pass departs from the naive one: {[c for c in cases if not c['passed']]}")
     return {"cases": cases, "flash_attention_2": "flash_attention_2" in implementations}
@@ -230,11 +238,11 @@ def summary(report: dict) -> str:
         elif name == "long_pass_exactness":
             lines += [
                 "",
-                "| attention | dtype | loss | log-prob gap | gradient gap (relative) | passed |",
-                "|---|---|---|---:|---:|---|",
+                "| attention | dtype | loss | forwards | log-prob gap | gradient gap (relative) | passed |",
+                "|---|---|---|---|---:|---:|---|",
             ]
             lines += [
-                f"| {c['attention']} | {c['dtype']} | {c['loss']} | {c['log_prob_gap']:.2e} | "
+                f"| {c['attention']} | {c['dtype']} | {c['loss']} | {c['plan']} | {c['log_prob_gap']:.2e} | "
                 f"{c['gradient_relative_gap']:.2e} | {c['passed']} |"
                 for c in step["result"]["cases"]
             ]

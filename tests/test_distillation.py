@@ -65,6 +65,15 @@ def test_the_pass_runs_the_cheapest_way_that_fits(available, forwards, checkpoin
     assert plan_pass(PLAIN, None, 100, 50, forwards, available) == plain_model
 
 
+def test_the_lm_head_gradient_is_set_aside_before_any_token():
+    # The fused head's float32 weight gradient (and its gathered copy) takes 1000 bytes whatever the forward's length
+    memory = LongPassMemory(held=10.0, working=30.0, fixed=1000.0)
+    assert forward_size(memory, 100, largest_group=40, smallest_forward=20, available_bytes=5000) == 100
+    assert forward_size(memory, 100, largest_group=40, smallest_forward=20, available_bytes=4000) == 66
+    assert holds(memory, held_tokens=100, tokens_per_forward=66, available_bytes=4000)
+    assert not holds(memory, held_tokens=100, tokens_per_forward=66, available_bytes=3000)
+
+
 def test_holding_counts_every_copy_of_a_split_prompt():
     assert holds(MEMORY, held_tokens=100, tokens_per_forward=20, available_bytes=1600)
     assert not holds(MEMORY, held_tokens=140, tokens_per_forward=20, available_bytes=1600)
@@ -92,8 +101,9 @@ def test_the_long_pass_plans_as_the_memory_model_says(
 
 def test_memory_model_of_qwen_7b_with_checkpointing():
     config = Qwen2Config(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4
-    )
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+        vocab_size=152064,
+    )  # fmt: skip
     memory = LongPassMemory.of_model(
         config, dtype_bytes=2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False
     )
@@ -105,6 +115,8 @@ def test_memory_model_of_qwen_7b_with_checkpointing():
         config, 2, layer_checkpointing=False, rollouts_per_prompt=8, keys_repeated_per_head=False
     )
     assert without.held > 20 * memory.held  # every layer's activations: why the recipes checkpoint
+    # The LM head's float32 weight gradient beside its bf16 copy gathered under ZeRO-3, whatever the tokens
+    assert memory.fixed == without.fixed == 152064 * 3584 * (4 + 2)
 
 
 def test_every_variant_is_a_registered_distillation():

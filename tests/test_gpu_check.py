@@ -24,7 +24,9 @@ def test_the_gpu_check_runs_every_step_on_a_cpu(tmp_path):
     steps = report["steps"]
     assert list(steps) == ["long_pass_exactness", "depo_steps", "long_pass_scaling", "step_cost"]
     assert all(step["status"] == "ok" for step in steps.values()), {n: s.get("error") for n, s in steps.items()}
-    assert all(case["passed"] for case in steps["long_pass_exactness"]["result"]["cases"])
+    cases = steps["long_pass_exactness"]["result"]["cases"]
+    assert all(case["passed"] for case in cases)
+    assert {case["plan"] for case in cases} == {"held", "without_layer_checkpoints"}
     assert steps["depo_steps"]["result"]["largest_parameter_change"] > 0
     shared = [p for p in steps["long_pass_scaling"]["result"]["points"] if p["method"] == "shared"]
     assert shared and all(p["peak_mib"] >= 0 and p["predicted_mib"] > 0 for p in shared)

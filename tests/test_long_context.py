@@ -6,9 +6,11 @@ import random
 import pytest
 import torch
 from datasets import Dataset
+from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from depo_trl.distillation import PassPlan, long_pass
+from depo_trl.distillation.long_pass import uses_layer_checkpointing
 from depo_trl.long_context import (
     SHARED_PREFIX_KWARG,
     causal_band_mask,
@@ -18,6 +20,7 @@ from depo_trl.long_context import (
     plan_long_pass,
     shared_prefix_attention,
     shared_row_tokens,
+    without_layer_checkpointing,
 )
 from depo_trl.losses import distillation_mask
 from depo_trl.model_utils import load_tokenizer
@@ -205,6 +208,7 @@ NO_MEMORY = {"distillation_memory_fraction": 1e-12}
         {"share_long_prefix": True, "distillation_chunk_tokens": 60},
         {"share_long_prefix": True, "distillation_chunk_tokens": 60, **NO_MEMORY},
         {"share_long_prefix": True, "layer_checkpointing": True},
+        {"share_long_prefix": True, "layer_checkpointing": True, "plan": "held"},
         {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True, "plan": "held"},
         {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True, **NO_MEMORY},
     ],
@@ -213,7 +217,8 @@ NO_MEMORY = {"distillation_memory_fraction": 1e-12}
         "naive-recomputed",
         "shared+split-held",
         "shared+split-recomputed",
-        "shared+checkpointing",
+        "shared+checkpointing-off",
+        "shared+checkpointing-held",
         "shared+split+checkpointing-held",
         "shared+split+checkpointing-recomputed",
     ],
@@ -244,6 +249,29 @@ def test_shared_and_chunked_long_pass_match_the_naive_gradient(
     # float32: the packed and chunked passes sum the same terms in another order
     for name, grad in reference.items():
         torch.testing.assert_close(gradients[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_layer_checkpointing_is_turned_off_for_the_pass_and_restored_after_it_even_on_error():
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config)
+    model.activation_checkpointing_enable(every_n_layers=2)  # as `activation_checkpointing_kwargs` asks train() to
+    flags = [layer.gradient_checkpointing for layer in model.model.layers]
+    assert flags == [True, False, True, False]
+    # Only some layers keep just their input: the memory model must count the model as not checkpointed
+    assert not uses_layer_checkpointing(model)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with without_layer_checkpointing(model):
+            assert not any(layer.gradient_checkpointing for layer in model.model.layers)
+            raise RuntimeError("out of memory")
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == flags
+    model.activation_checkpointing_enable()
+    assert uses_layer_checkpointing(model)
+    with without_layer_checkpointing(model):
+        assert not uses_layer_checkpointing(model)
+    assert uses_layer_checkpointing(model) and model.model.gradient_checkpointing
 
 
 def test_the_default_long_pass_builds_no_mask_as_long_as_the_row(tiny_model_dir, tmp_path, monkeypatch):

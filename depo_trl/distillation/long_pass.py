@@ -1,9 +1,9 @@
 """The long pass: completion log-probabilities under the long prompts for a window's rollouts, whatever the variant.
 
 The rollouts are planned into forwards (`depo_trl.long_context.plan_long_pass`: packed rows sharing each long prompt,
-or padded batches without sharing) of the size the memory model gives (`memory.py`). Every process runs as many
-forwards and makes the same hold-or-recompute decision, since under ZeRO-3 or FSDP each forward (and each
-recomputation) gathers parameters collectively.
+or padded batches without sharing) of the size the memory model gives (`memory.py`), which also decides how they run
+(`memory.plan_pass`). Every process runs as many forwards and runs them alike, since under ZeRO-3 or FSDP each forward
+(and each recomputation) gathers parameters collectively.
 """
 
 import functools
@@ -12,6 +12,7 @@ from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 from trl.trainer.utils import pad
 
@@ -40,8 +41,11 @@ def _backbone(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def uses_layer_checkpointing(model: torch.nn.Module) -> bool:
-    """Whether the model's layers run under gradient checkpointing (enabled by `Trainer.train()`)."""
-    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+    """Whether every decoder layer runs under gradient checkpointing (enabled by `Trainer.train()`). With
+    `gradient_checkpointing_kwargs={"every_n_layers": n > 1}` the other layers keep their activations: the memory
+    model then counts the model as not checkpointed, which over-estimates and so stays safe."""
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    return bool(layers) and all(layer.gradient_checkpointing for layer in layers)
 
 
 class LongPass:
@@ -75,7 +79,7 @@ class LongPass:
         self.requested_tokens = requested_tokens
         self.memory_fraction = memory_fraction
         self.rollouts_per_prompt = rollouts_per_prompt
-        self._announced: tuple[bool, bool] | None = None
+        self._announced: tuple[bool, PassPlan] | None = None
 
     def run(
         self,
@@ -94,7 +98,10 @@ class LongPass:
         keys = [all_keys[r] for r in order]
         # Unwrapped once: accelerate's unwrap reads installed packages' metadata on every call
         unwrapped = self.accelerator.unwrap_model(model)
-        size, memory, available = self._forward_size(unwrapped, keys, prompt_lengths, completion_lengths)
+        layer_checkpointing = uses_layer_checkpointing(unwrapped)
+        size, memory, available = self._forward_size(
+            unwrapped, layer_checkpointing, keys, prompt_lengths, completion_lengths
+        )
         forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
         held = sum(
             chunk_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in forwards
@@ -105,10 +112,13 @@ class LongPass:
             self.accelerator.gather(torch.tensor([[len(forwards), held]], device=device)).max(0).values.tolist()
         )
         if memory is None:  # no memory reading: the model's own checkpointing, every forward but the last recomputed
-            plan = PassPlan.RECOMPUTED if count > 1 else PassPlan.HELD
+            if count > 1:
+                plan = PassPlan.RECOMPUTED
+            else:
+                plan = PassPlan.HELD if layer_checkpointing else PassPlan.WITHOUT_LAYER_CHECKPOINTS
         else:
             plan = plan_pass(*memory, held, size, count, available)
-        self._announce(size, count, held, plan, memory, available)
+        self._announce(size, count, held, plan, layer_checkpointing, memory, available)
         long_logps = torch.zeros(rollouts.loss_mask.shape, dtype=torch.float32, device=device)
         layers = without_layer_checkpointing if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else nullcontext
         losses = []
@@ -129,7 +139,7 @@ class LongPass:
         return loss, long_logps
 
     def _forward_size(
-        self, unwrapped, keys, prompt_lengths, completion_lengths
+        self, unwrapped, layer_checkpointing: bool, keys, prompt_lengths, completion_lengths
     ) -> tuple[int, tuple[LongPassMemory, LongPassMemory | None] | None, int]:
         """Tokens per forward, the memory models (without and, if the model uses it, with its layer checkpointing)
         and the usable bytes, from values agreed across processes (the largest window, group and smallest forward;
@@ -165,31 +175,35 @@ class LongPass:
             eager_attention=implementation == "eager",
         )
         plain = shapes(layer_checkpointing=False)
-        checkpointed = shapes(layer_checkpointing=True) if uses_layer_checkpointing(unwrapped) else None
+        checkpointed = shapes(layer_checkpointing=True) if layer_checkpointing else None
         sizing = checkpointed or plain
         size = self.requested_tokens or forward_size(sizing, window_tokens, largest_group, smallest, available)
         return size, (plain, checkpointed), available
 
-    def _announce(self, size, count, held, plan, memory, available) -> None:
+    def _announce(self, size, count, held, plan, layer_checkpointing, memory, available) -> None:
         """Say once what the pass does, and again when a window makes it run its forwards another way."""
         decision = (count > 1, plan)
         if self._announced == decision or not self.accelerator.is_main_process:
             return
         self._announced = decision
         forwards = f"{count} forward{'s' if count > 1 else ''} of up to {size} tokens ({held} in all)"
+        why = (
+            "the window fits without the model's layer checkpoints" if layer_checkpointing else "no layer checkpoints"
+        )
         what = {
-            PassPlan.WITHOUT_LAYER_CHECKPOINTS: "held for the backward, each backbone run once (the window fits "
-            "without the model's layer checkpoints)",
+            PassPlan.WITHOUT_LAYER_CHECKPOINTS: f"held for the backward, each layer run once ({why})",
             PassPlan.HELD: "held for the backward under the model's layer checkpointing (each layer runs twice)",
             PassPlan.RECOMPUTED: "all but the last recomputed in the backward, since holding them would not fit",
         }[plan]
         if memory is None:
             model = "no memory reading on this device"
         else:
-            sized = memory[1] or memory[0]
+            plain, checkpointed = memory
+            used = plain if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else checkpointed or plain
             model = (
-                f"{available / 2**30:.1f} GiB usable, {sized.held / 2**10:.0f} KiB held and "
-                f"{sized.working / 2**10:.0f} KiB working per token"
+                f"{available / 2**30:.1f} GiB usable, {used.held / 2**10:.0f} KiB held and "
+                f"{used.working / 2**10:.0f} KiB working per token, {used.fixed / 2**30:.2f} GiB for the LM head's "
+                "gradient"
             )
         logger.warning(
             f"Long pass: {forwards}, {what} (memory model: {model}; distillation_chunk_tokens and "

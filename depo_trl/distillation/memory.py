@@ -1,12 +1,12 @@
-"""The long pass's memory model: what it holds per token, how much the device has, and the forwards that fit.
+"""The long pass's memory model: what it holds per token, how much the device has, and how the forwards run.
 
 A window's rollouts are computed in forwards (packed rows, `depo_trl.long_context`). A forward either keeps what its
 backward needs until the step's single backward ("held"), or is recomputed during that backward ("recomputed": only
-its inputs are kept). Holding runs each backbone once (twice under the model's per-layer gradient checkpointing, which
-recomputes each layer in the backward); recomputing adds one more forward. So the pass holds every forward whenever the
-memory model says they fit, and recomputes all but the last (which the backward reaches first, so holding it does not
-raise the peak) only when they do not. The byte counts are estimates from the model's shapes;
-`benchmarks/long_pass_scaling.py` and `benchmarks/gpu_check.py` print them beside measured peaks.
+its inputs are kept). From the cheapest ([`plan_pass`]): held with the model's per-layer gradient checkpointing off for
+the pass (each layer runs once), held under it (twice: the layer is recomputed in the backward), recomputed (three
+times), all but the last forward (which the backward reaches first, so holding it does not raise the peak). The byte
+counts are estimates from the model's shapes; `benchmarks/long_pass_scaling.py` and `benchmarks/gpu_check.py` print
+them beside measured peaks.
 """
 
 import enum
@@ -27,10 +27,13 @@ class LongPassMemory:
     head saves for a scored position.
     `working`: what a running forward needs on top, or the backward of one of its layers: with checkpointing, one
     layer's activations and their gradients; without it, one layer's gradients.
+    `fixed`: bytes a forward's backward takes whatever its length: TRL's fused LM head accumulates its weight's
+    gradient in float32 beside the weight it gathers under ZeRO-3 (`trl/kernels/chunked_logprob.py`), 3.3 GB at 7B.
     """
 
     held: float
     working: float
+    fixed: float = 0.0
 
     @classmethod
     def of_model(
@@ -71,9 +74,11 @@ class LongPassMemory:
             if eager_attention:
                 layer += 2 * heads * padded_row_tokens * dtype_bytes  # the scores and their softmax
         head_input = hidden * dtype_bytes
+        vocab = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 0)
+        head_gradient = vocab * hidden * (4 + dtype_bytes)
         if layer_checkpointing:
-            return cls(held=layers * hidden * dtype_bytes + head_input, working=2 * layer + mask)
-        return cls(held=layers * layer + head_input, working=layer + mask)
+            return cls(held=layers * hidden * dtype_bytes + head_input, working=2 * layer + mask, fixed=head_gradient)
+        return cls(held=layers * layer + head_input, working=layer + mask, fixed=head_gradient)
 
 
 def forward_size(
@@ -90,10 +95,11 @@ def forward_size(
     else the largest forward that fits by itself, to be recomputed ([`holds`] says so). `smallest_forward` (one prompt
     with one completion) is the floor: a window that does not fit even that way still runs, and may run out of memory.
     """
-    alone = int(available_bytes // (memory.held + memory.working))
+    usable = available_bytes - memory.fixed
+    alone = int(usable // (memory.held + memory.working)) if usable > 0 else 0
     if alone >= window_tokens:
         return window_tokens
-    room = available_bytes - window_tokens * memory.held
+    room = usable - window_tokens * memory.held
     beside_held = int(room // memory.working) if room > 0 else 0
     if beside_held >= largest_group:
         return beside_held
@@ -102,8 +108,8 @@ def forward_size(
 
 def holds(memory: LongPassMemory, held_tokens: int, tokens_per_forward: int, available_bytes: float) -> bool:
     """Whether forwards of `tokens_per_forward` tokens, `held_tokens` in all (a prompt counted once per forward it is
-    in), can all be kept for the backward: their held parts and one forward's working set fit."""
-    return held_tokens * memory.held + tokens_per_forward * memory.working <= available_bytes
+    in), can all be kept for the backward: their held parts, one forward's working set and the fixed part fit."""
+    return held_tokens * memory.held + tokens_per_forward * memory.working + memory.fixed <= available_bytes
 
 
 class PassPlan(str, enum.Enum):
