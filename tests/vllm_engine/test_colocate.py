@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ..helpers import ROOT, run_environment
-from .test_server_mode import VLLM_ENVIRONMENT, recipe_for
+from .test_server_mode import TRAINING_ARGUMENTS, VLLM_ENVIRONMENT, recipe_for
 
 
 pytest.importorskip("vllm", reason="vLLM runs in its own environment: make test-vllm")
@@ -27,10 +27,7 @@ def test_colocated_engine_trains_and_takes_the_trained_weights(smollm2_dir, smol
     command = [
         sys.executable, os.path.join(ROOT, "tests", "vllm_engine", "colocated_run.py"), str(result_path),
         "--config", recipe, "--output_dir", str(tmp_path / "run"), "--use_vllm", "true", "--vllm_mode", "colocate",
-        "--reward_funcs", "tests.helpers.alternating_reward",
-        "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e-4",
-        "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "16",
-            "--max_long_prompt_length", "768", "--distillation_chunk_tokens", "900",
+        *TRAINING_ARGUMENTS,
     ]  # fmt: skip
     process = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=run_environment(**VLLM_ENVIRONMENT)

@@ -28,6 +28,14 @@ RECIPE = os.path.join(ROOT, "recipes", "smollm2-135m-instruct", "depo.yaml")
 # vLLM's CPU build reserves this much memory (GiB) for its KV cache (its default is sized for real serving); the
 # engine and the trainer take turns, so each may use every core
 VLLM_ENVIRONMENT = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
+# Two short steps of SmolLM2 with a checkpoint after each; half of each group rewarded whatever the model says, so
+# both terms have something to train
+TRAINING_ARGUMENTS = [
+    "--reward_funcs", "tests.helpers.alternating_reward",
+    "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e-4",
+    "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "16",
+    "--max_long_prompt_length", "768", "--distillation_chunk_tokens", "900",
+]  # fmt: skip
 
 
 def recipe_for(model_dir: str, data_dir: str, folder) -> str:
@@ -105,11 +113,7 @@ def test_server_mode_trains_through_the_real_engine_and_serves_the_trained_weigh
             os.path.join(os.path.dirname(sys.executable), "depo-train"), "--config", recipe, "--output_dir", str(run),
             "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1",
             "--vllm_server_port", str(port),
-            # Half of each group rewarded whatever the model says, so both terms have something to train
-            "--reward_funcs", "tests.helpers.alternating_reward",
-            "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e-4",
-            "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "16",
-            "--max_long_prompt_length", "768", "--distillation_chunk_tokens", "900",
+            *TRAINING_ARGUMENTS,
         ]  # fmt: skip
         result = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=run_environment(**VLLM_ENVIRONMENT)
