@@ -327,6 +327,19 @@ class DePOTrainer(GRPOTrainer):
             output["distillation"] = [term] * len(inputs)
         return output
 
+    def _tokenize_each_long_prompt_once(self, long_prompts: list) -> list[torch.Tensor]:
+        """Each rollout's long prompt as token ids; a prompt's rollouts share one tensor, rendered and tokenized once
+        (a generation batch repeats each prompt `num_generations` times, and at the recipes' 15K tokens the
+        tokenization is not free)."""
+        keys = [json.dumps(prompt, sort_keys=True, default=str) for prompt in long_prompts]
+        first: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            first.setdefault(key, index)
+        token_ids, _, _ = self._tokenize_prompts([long_prompts[index] for index in first.values()])
+        device = self.accelerator.device
+        tensors = {key: torch.tensor(ids, device=device) for key, ids in zip(first, token_ids)}
+        return [tensors[key] for key in keys]
+
     def _distillation_term(
         self, output: dict[str, Any], inputs: list[dict[str, Any]], all_rewards: torch.Tensor
     ) -> Distillation:
@@ -334,7 +347,7 @@ class DePOTrainer(GRPOTrainer):
         prompt's chat template (TRL's `_tokenize_prompts`)."""
         device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
-        long_prompt_ids, _, _ = self._tokenize_prompts([row["long_prompt"] for row in inputs])
+        long_prompt_ids = self._tokenize_each_long_prompt_once([row["long_prompt"] for row in inputs])
         all_lengths = self.accelerator.gather(torch.tensor([len(ids) for ids in long_prompt_ids], device=device))
         limit = self.args.max_long_prompt_length
         if limit is not None and int(all_lengths.max()) > limit:  # decided on the gathered lengths: every process
@@ -347,7 +360,7 @@ class DePOTrainer(GRPOTrainer):
         if "tool_mask" in output:
             loss_mask = loss_mask * output["tool_mask"]
         rollouts = Rollouts(
-            long_prompt_ids=[torch.tensor(ids, device=device) for ids in long_prompt_ids],
+            long_prompt_ids=long_prompt_ids,
             completion_ids=output["completion_ids"],
             completion_mask=output["completion_mask"],
             loss_mask=loss_mask,

@@ -120,6 +120,28 @@ def test_long_prompt_is_rendered_with_the_chat_template(tiny_model_dir, tiny_dat
     assert term.tokens_in_batch.item() == batch["completion_mask"][0::2].sum().item()
 
 
+def test_each_long_prompt_is_tokenized_once_and_shared_by_its_rollouts(tiny_model_dir, tiny_dataset, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tiny_dataset, tmp_path)
+    tokenized = []
+    tokenize = trainer._tokenize_prompts
+
+    def recording(prompts):
+        tokenized.append(len(prompts))
+        return tokenize(prompts)
+
+    trainer._tokenize_prompts = recording
+    batch = generation_batch(trainer, tiny_dataset, num_prompts=2)
+    rollouts = batch["distillation"][0].rollouts
+    assert tokenized == [8, 2]  # TRL's short prompts, one per rollout; the two long prompts once each
+    tokenizer = trainer.processing_class
+    for index, ids in enumerate(rollouts.long_prompt_ids):
+        row = tiny_dataset[index // NUM_GENERATIONS]
+        text = tokenizer.apply_chat_template(row["long_prompt"], tokenize=False, add_generation_prompt=True)
+        assert ids.tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len({id(ids) for ids in rollouts.long_prompt_ids}) == 2
+    assert len(set(rollouts.prompt_keys)) == 2
+
+
 def test_missing_long_prompt_column_is_a_clear_error(tiny_model_dir, tiny_dataset, tmp_path):
     short_only = tiny_dataset.remove_columns("long_prompt")
     with pytest.raises(ValueError, match="no `long_prompt` column"):

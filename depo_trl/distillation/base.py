@@ -35,7 +35,12 @@ class Rollouts:
     @functools.cached_property
     def prompt_keys(self) -> list[tuple[int, ...]]:
         """Each rollout's long prompt as a hashable key: rollouts of one prompt share a packed row."""
-        return [tuple(ids.tolist()) for ids in self.long_prompt_ids]
+        # A prompt's rollouts share one tensor (DePOTrainer tokenizes it once): its key is made once too
+        keys_by_tensor: dict[int, tuple[int, ...]] = {}
+        for ids in self.long_prompt_ids:
+            if id(ids) not in keys_by_tensor:
+                keys_by_tensor[id(ids)] = tuple(ids.tolist())
+        return [keys_by_tensor[id(ids)] for ids in self.long_prompt_ids]
 
 
 @dataclass(frozen=True)
