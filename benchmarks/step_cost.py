@@ -3,11 +3,12 @@
     python benchmarks/step_cost.py                       # CPU, tiny model, long prompts ~10x the short ones
     python benchmarks/step_cost.py --device cuda         # the same on a GPU
 
-One process trains each arm for a few steps from the same random tiny Qwen2 on toy-world rows whose
-long prompts are about 10x the short ones, with a reward that marks half of each prompt's rollouts correct (4 of 8
-distilled). It prints per arm the step's wall time and the long pass's (the fastest measured step: the steps are
-alike in shape, and other work on a shared machine only slows one down), peak resident memory growth, and ratios to
-RL-on-long. The last line is
+One process trains each arm from the same random tiny Qwen2 on toy-world rows whose long prompts are about 10x the
+short ones, with a reward that marks half of each prompt's rollouts correct (4 of 8 distilled). The arms take turns:
+each round trains every arm for a warm-up step and `--steps` measured ones, `--rounds` times, so a slow spell of a
+shared machine falls on all arms alike. It prints per arm the step's wall time and the long pass's (the fastest
+measured step: the steps are alike in shape, and other work on the machine only slows one down), peak resident
+memory growth, and ratios to RL-on-long. The last line is
 `depo_step_ratio=<DePO shared-prefix step / RL-on-long step> long_pass_ratio=<shared-prefix long pass / naive>`.
 
 How the long pass alone scales with the context and the rollout count, on CPU or GPU, is
@@ -69,8 +70,9 @@ class PeakMemory:
         self.growth_mb = (self.peak - self.start) / 2**20
 
 
-def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[str, float]:
-    """Train one arm for 1 + `args.steps` steps; fastest step time, long-pass forward time, peak RSS growth."""
+def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[str, list[float] | float]:
+    """Train one arm for 1 + `args.steps` steps: the measured steps' times and long-pass forward times (the warm-up
+    step's left out), peak RSS growth."""
     from depo_trl import DePOTrainer
     from depo_trl.models.tiny import build_tiny_qwen2
     from depo_trl.toy.training import cpu_depo_config
@@ -109,11 +111,7 @@ def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[
         trainer.train()
     # The long pass's backward runs inside the step's backward: `depo/long_pass_seconds` is its forward only
     long_pass = [log["depo/long_pass_seconds"] for log in trainer.state.log_history if "depo/long_pass_seconds" in log]
-    return {
-        "step": min(timer.step_seconds[1:]),
-        "long_pass_forward": min(long_pass[1:]) if long_pass else 0.0,
-        "memory_mb": memory.growth_mb,
-    }
+    return {"step": timer.step_seconds[1:], "long_pass_forward": long_pass[1:], "memory_mb": memory.growth_mb}
 
 
 def benchmark(args) -> None:
@@ -137,7 +135,8 @@ def benchmark(args) -> None:
     print(
         f"prompt tokens: short {lengths['prompt']:.0f}, long {lengths['long_prompt']:.0f} "
         f"({lengths['long_prompt'] / lengths['prompt']:.1f}x); {args.prompts} prompts x {args.generations} rollouts "
-        f"per step, {args.completion_tokens} completion tokens, {args.steps} measured steps after 1 warm-up step"
+        f"per step, {args.completion_tokens} completion tokens; {args.rounds} rounds of every arm, each a warm-up "
+        f"step and {args.steps} measured"
     )
     arms = {
         "long": ARMS["long"].settings,
@@ -146,13 +145,26 @@ def benchmark(args) -> None:
         "depo-shared": {**ARMS["depo"].settings, "share_long_prefix": True},
         "depo-iw-shared": {**ARMS["depo-iw"].settings, "share_long_prefix": True},
     }
-    results = {}
-    for name, settings in arms.items():
-        results[name] = measure_arm(name, settings, rows, tokenizer, args)
+    measured = {name: {"step": [], "long_pass_forward": [], "memory_mb": 0.0} for name in arms}
+    for round_index in range(args.rounds):
+        for name, settings in arms.items():
+            result = measure_arm(name, settings, rows, tokenizer, args)
+            measured[name]["step"] += result["step"]
+            measured[name]["long_pass_forward"] += result["long_pass_forward"]
+            measured[name]["memory_mb"] = max(measured[name]["memory_mb"], result["memory_mb"])
+        print(f"round {round_index + 1} of {args.rounds} done", flush=True)
+    results = {
+        name: {
+            "step": min(values["step"]),
+            "long_pass_forward": min(values["long_pass_forward"], default=0.0),
+            "memory_mb": values["memory_mb"],
+        }
+        for name, values in measured.items()
+    }
+    for name, result in results.items():
         print(
-            f"{name:15s} step {results[name]['step']:.3f} s   long-pass forward "
-            f"{results[name]['long_pass_forward']:.3f} s   peak memory growth {results[name]['memory_mb']:.0f} MB",
-            flush=True,
+            f"{name:15s} step {result['step']:.3f} s   long-pass forward {result['long_pass_forward']:.3f} s   "
+            f"peak memory growth {result['memory_mb']:.0f} MB"
         )
 
     reference = results["long"]["step"]
@@ -172,7 +184,8 @@ def benchmark(args) -> None:
 @reports_usage_errors("python benchmarks/step_cost.py")
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python benchmarks/step_cost.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=positive_int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=2, help="Measured steps per arm and round.")
+    parser.add_argument("--rounds", type=positive_int, default=4, help="Turns every arm takes, interleaved.")
     parser.add_argument("--prompts", type=positive_int, default=4)
     parser.add_argument("--generations", type=positive_int, default=8)
     parser.add_argument("--completion-tokens", type=positive_int, default=24)
