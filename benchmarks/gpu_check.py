@@ -207,8 +207,8 @@ def long_pass_scaling(device: str, quick: bool, deadline: float) -> dict:
 def step_cost(device: str, quick: bool, deadline: float) -> dict:
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "step_cost.py"), "--device", device]
     if quick:
-        command += ["--steps", "1", "--rounds", "1", "--prompts", "2", "--generations", "2", "--completion-tokens", "4"]
-        command += ["--long-distractors", "8", "--hidden", "32", "--layers", "2"]
+        command += ["--steps", "1", "--rounds", "1", "--prompts", "2", "--generations", "2"]
+        command += ["--completion-tokens", "4", "--long-distractors", "8", "--hidden", "32", "--layers", "2"]
     timeout = max(deadline - time.monotonic(), 1.0)
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:

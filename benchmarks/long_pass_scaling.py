@@ -275,7 +275,7 @@ def predict_7b() -> list[dict]:
                         "tokens_per_forward": size,
                         "forwards": len(forwards),
                         "plan": plan.value,
-                        "long_pass_gib": (kept * per_token.held + size * per_token.working) / 2**30,
+                        "long_pass_gib": (kept * per_token.held + size * per_token.working + per_token.fixed) / 2**30,
                         "states_gib": states_gib,
                         "vllm_gib": vllm_gib,
                         "seconds_per_prompt": flops / prompts / throughput,
