@@ -206,8 +206,9 @@ def long_pass_scaling(device: str, quick: bool, deadline: float) -> dict:
 
 def step_cost(device: str, quick: bool, deadline: float) -> dict:
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "step_cost.py"), "--device", device]
+    command += ["--steps", "1", "--rounds", "1" if quick else "2"]  # within the check's time limit
     if quick:
-        command += ["--steps", "1", "--rounds", "1", "--prompts", "2", "--generations", "2"]
+        command += ["--prompts", "2", "--generations", "2"]
         command += ["--completion-tokens", "4", "--long-distractors", "8", "--hidden", "32", "--layers", "2"]
     timeout = max(deadline - time.monotonic(), 1.0)
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -93,6 +93,7 @@ def shape_config(shape: ModelShape):
     from transformers import Qwen2Config
 
     return Qwen2Config(
+        vocab_size=shape.vocab,
         hidden_size=shape.hidden,
         intermediate_size=shape.intermediate,
         num_hidden_layers=shape.layers,

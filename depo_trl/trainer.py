@@ -330,7 +330,11 @@ class DePOTrainer(GRPOTrainer):
     def _tokenize_each_long_prompt_once(self, long_prompts: list) -> list[torch.Tensor]:
         """Each rollout's long prompt as token ids; a prompt's rollouts share one tensor, rendered and tokenized once
         (a generation batch repeats each prompt `num_generations` times, and at the recipes' 15K tokens the
-        tokenization is not free)."""
+        tokenization is not free). With TRL's `environment_factory` each rollout is rendered with its environment's
+        tools, so each is tokenized on its own."""
+        if self.environment_factories is not None:  # TRL renders each rollout with its own environment's tools
+            token_ids, _, _ = self._tokenize_prompts(long_prompts)
+            return [torch.tensor(ids, device=self.accelerator.device) for ids in token_ids]
         keys = [json.dumps(prompt, sort_keys=True, default=str) for prompt in long_prompts]
         first: dict[str, int] = {}
         for index, key in enumerate(keys):

@@ -56,8 +56,8 @@ PLAIN, CHECKPOINTED = LongPassMemory(held=20.0, working=10.0), LongPassMemory(he
         # Only the checkpointed layers' inputs fit (100 x 5 + 50 x 20); a model without them recomputes
         (2000, 2, PassPlan.HELD, PassPlan.RECOMPUTED),
         (1000, 2, PassPlan.RECOMPUTED, PassPlan.RECOMPUTED),
-        # A single forward is the last: never recomputed
-        (1000, 1, PassPlan.HELD, PassPlan.WITHOUT_LAYER_CHECKPOINTS),
+        # A single forward is the last: never recomputed, and run as the model is configured
+        (1000, 1, PassPlan.HELD, PassPlan.HELD),
     ],
 )
 def test_the_pass_runs_the_cheapest_way_that_fits(available, forwards, checkpointing_model, plain_model):

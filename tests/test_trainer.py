@@ -1,5 +1,6 @@
 """DePOTrainer on a tiny Qwen2 model: every configuration trains, and the gradient means what docs/design.md says."""
 
+import copy
 import logging
 
 import pytest
@@ -130,7 +131,10 @@ def test_each_long_prompt_is_tokenized_once_and_shared_by_its_rollouts(tiny_mode
         return tokenize(prompts)
 
     trainer._tokenize_prompts = recording
-    batch = generation_batch(trainer, tiny_dataset, num_prompts=2)
+    trainer.model.train()
+    # A copy per rollout, as TRL's dataloader hands out rows: equal prompts, not the same objects
+    rows = [copy.deepcopy(row) for row in tiny_dataset.select(range(2)) for _ in range(NUM_GENERATIONS)]
+    batch = trainer._generate_and_score_completions(rows)
     rollouts = batch["distillation"][0].rollouts
     assert tokenized == [8, 2]  # TRL's short prompts, one per rollout; the two long prompts once each
     tokenizer = trainer.processing_class

@@ -43,7 +43,7 @@ def _backbone(model: torch.nn.Module) -> torch.nn.Module:
 def uses_layer_checkpointing(model: torch.nn.Module) -> bool:
     """Whether every decoder layer runs under gradient checkpointing (enabled by `Trainer.train()`). With
     `gradient_checkpointing_kwargs={"every_n_layers": n > 1}` the other layers keep their activations: the memory
-    model then counts the model as not checkpointed, which over-estimates and so stays safe."""
+    model then counts the model as not checkpointed (more memory per token than it keeps)."""
     layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
     return bool(layers) and all(layer.gradient_checkpointing for layer in layers)
 
@@ -112,10 +112,7 @@ class LongPass:
             self.accelerator.gather(torch.tensor([[len(forwards), held]], device=device)).max(0).values.tolist()
         )
         if memory is None:  # no memory reading: the model's own checkpointing, every forward but the last recomputed
-            if count > 1:
-                plan = PassPlan.RECOMPUTED
-            else:
-                plan = PassPlan.HELD if layer_checkpointing else PassPlan.WITHOUT_LAYER_CHECKPOINTS
+            plan = PassPlan.RECOMPUTED if count > 1 else PassPlan.HELD
         else:
             plan = plan_pass(*memory, held, size, count, available)
         self._announce(size, count, held, plan, layer_checkpointing, memory, available)
@@ -187,12 +184,11 @@ class LongPass:
             return
         self._announced = decision
         forwards = f"{count} forward{'s' if count > 1 else ''} of up to {size} tokens ({held} in all)"
-        why = (
-            "the window fits without the model's layer checkpoints" if layer_checkpointing else "no layer checkpoints"
-        )
+        held_as = "under the model's layer checkpointing (each layer runs twice)" if layer_checkpointing else "as is"
         what = {
-            PassPlan.WITHOUT_LAYER_CHECKPOINTS: f"held for the backward, each layer run once ({why})",
-            PassPlan.HELD: "held for the backward under the model's layer checkpointing (each layer runs twice)",
+            PassPlan.WITHOUT_LAYER_CHECKPOINTS: "held for the backward, each layer run once (the window fits without "
+            "layer checkpoints)",
+            PassPlan.HELD: f"held for the backward {held_as}",
             PassPlan.RECOMPUTED: "all but the last recomputed in the backward, since holding them would not fit",
         }[plan]
         if memory is None:

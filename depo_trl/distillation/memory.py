@@ -114,8 +114,8 @@ def holds(memory: LongPassMemory, held_tokens: int, tokens_per_forward: int, ava
 
 class PassPlan(str, enum.Enum):
     """How a window's forwards run, from the cheapest: kept for the backward with the model's layer checkpointing off
-    for them (each backbone runs once), kept under it (each layer twice), or recomputed in the backward, all but the
-    last (once more)."""
+    for them (each backbone runs once), kept as the model runs them (under its layer checkpointing, each layer
+    twice), or recomputed in the backward, all but the last (once more)."""
 
     WITHOUT_LAYER_CHECKPOINTS = "held, without the model's layer checkpoints"
     HELD = "held"
@@ -131,15 +131,16 @@ def plan_pass(
     available_bytes: float,
 ) -> PassPlan:
     """The cheapest way the forwards fit: `plain` is the memory model without layer checkpointing, `checkpointed`
-    with it (None when the model does not checkpoint its layers). Layer checkpointing only saves memory, so where the
-    window fits without it the pass turns it off; a single forward is never recomputed (it is the last)."""
+    with it (None when the model does not checkpoint every layer). Layer checkpointing only saves memory, so where the
+    window fits without it the pass turns it off; a single forward is never recomputed (it is the last), and one that
+    fits no way runs as the model is configured."""
     if holds(plain, held_tokens, tokens_per_forward, available_bytes):
         return PassPlan.WITHOUT_LAYER_CHECKPOINTS
     if checkpointed is not None and (
         forwards == 1 or holds(checkpointed, held_tokens, tokens_per_forward, available_bytes)
     ):
         return PassPlan.HELD
-    return PassPlan.WITHOUT_LAYER_CHECKPOINTS if forwards == 1 else PassPlan.RECOMPUTED
+    return PassPlan.HELD if forwards == 1 else PassPlan.RECOMPUTED
 
 
 def available_memory(device: torch.device) -> int | None:
