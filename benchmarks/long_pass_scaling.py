@@ -62,18 +62,10 @@ QWEN_7B_PARAMETERS = 7.62e9
 
 
 def build_model(shape: ModelShape, device: str, max_positions: int):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    config = Qwen2Config(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=max_positions,
-    )
+    config = shape_config(shape, max_position_embeddings=max_positions)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     implementation = "sdpa"
@@ -89,7 +81,8 @@ def build_model(shape: ModelShape, device: str, max_positions: int):
     return model
 
 
-def shape_config(shape: ModelShape):
+def shape_config(shape: ModelShape, **overrides):
+    """A Qwen2 configuration of `shape` (the memory model reads it; `build_model` builds from it)."""
     from transformers import Qwen2Config
 
     return Qwen2Config(
@@ -99,6 +92,7 @@ def shape_config(shape: ModelShape):
         num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads,
         num_key_value_heads=shape.kv_heads,
+        **overrides,
     )
 
 
