@@ -55,8 +55,9 @@ def exactness_case(device: str, dtype: torch.dtype, implementation: str, loss: s
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from depo_trl.distillation import LongPass, Rollouts, long_pass
-    from depo_trl.long_context import install_shared_prefix_attention
+    from depo_trl.distillation import LongPass, Rollouts
+    from depo_trl.distillation.long_pass import install_shared_prefix_attention
+    from depo_trl.distillation.long_pass import runner as long_pass_runner
     from depo_trl.losses import importance_weighted_loss
 
     torch.manual_seed(0)
@@ -98,7 +99,7 @@ def exactness_case(device: str, dtype: torch.dtype, implementation: str, loss: s
             Accelerator(cpu=device == "cpu"), naive_log_probs, pad_token_id=0, share_prefix=share,
             requested_tokens=None, memory_fraction=0.8, rollouts_per_prompt=4,
         )  # fmt: skip
-        with mock.patch.object(long_pass, "plan_pass", lambda *sizes: plan):
+        with mock.patch.object(long_pass_runner, "plan_pass", lambda *sizes: plan):
             value, logps = runner.run(model, rollouts, torch.arange(8, device=device), loss_of)
         value.backward()
         gradients = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -147,7 +148,8 @@ def depo_steps(device: str, quick: bool, output_dir: str) -> dict:
     """Three DePO steps of the tiny recipe through the entry point (`depo-train`'s own `main`)."""
     from safetensors.torch import load_file
 
-    from depo_trl.scripts.depo import main, parse_recipe
+    from depo_trl.scripts.depo import main
+    from depo_trl.scripts.recipe import parse_recipe
 
     precision = ["--use_cpu", "false", "--bf16", "true"] if device == "cuda" else ["--use_cpu", "true"]
     run_dir = os.path.join(output_dir, "tiny_depo")

@@ -9,7 +9,7 @@ checkpointing as the recipes use it) on a randomly initialised Qwen2 (CPU: hidde
 
 - naive: every rollout a `[prompt, completion]` sequence, all in one forward (the pass without sharing);
 - shared: what DePOTrainer runs, through its own `depo_trl.distillation.LongPass`: one packed row per prompt through
-  the model's own SDPA or flash-attention (`depo_trl.long_context`), in forwards the memory model sizes (the whole
+  the model's own SDPA or flash-attention (`depo_trl.distillation.long_pass`), in forwards the memory model sizes (the whole
   prompt with its rollouts where it fits, as at every point here), held for the backward.
 
 Sweeps: long contexts of 1K, 2K, 4K, 8K tokens at 8 rollouts, and 1, 2, 4, 8, 16 rollouts at 4K; each point runs in
@@ -101,7 +101,7 @@ def long_pass(model, point: Point, completion_tokens: int, device: str) -> None:
     from accelerate import Accelerator
 
     from depo_trl.distillation import LongPass, Rollouts
-    from depo_trl.distillation import long_pass as long_pass_module
+    from depo_trl.distillation.long_pass import runner as long_pass_module
 
     generator = torch.Generator().manual_seed(point.prompt_tokens * 1000 + point.rollouts)
     vocab = model.config.vocab_size
@@ -146,7 +146,7 @@ def plan_under_layer_checkpointing(plain, checkpointed, *sizes):
 
 def measure_point(point: Point, shape: ModelShape, completion_tokens: int, device: str, queue):
     """Child process: build the model, warm up on a short input, then time one pass and record its peak memory."""
-    from depo_trl.long_context import install_shared_prefix_attention
+    from depo_trl.distillation.long_pass import install_shared_prefix_attention
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = build_model(shape, device, max_positions=point.prompt_tokens + 17 * (completion_tokens + 1) + 64)
@@ -201,13 +201,13 @@ def predicted_mib(shape: ModelShape, point: Point, completion_tokens: int, dtype
     """The memory model's peak for one shared point (one held forward of the whole packed row, under gradient
     checkpointing), plus the parameters' gradients the backward allocates."""
     from depo_trl.distillation import LongPassMemory
-    from depo_trl.long_context import shared_row_tokens
+    from depo_trl.distillation.long_pass import packed_row_tokens
 
     memory = LongPassMemory.of_model(
         shape_config(shape), dtype_bytes, layer_checkpointing=True, rollouts_per_prompt=point.rollouts,
         keys_repeated_per_head=not flash,
     )  # fmt: skip
-    row = shared_row_tokens(point.prompt_tokens, [completion_tokens] * point.rollouts)
+    row = packed_row_tokens(point.prompt_tokens, [completion_tokens] * point.rollouts)
     return (row * (memory.held + memory.working) + parameters(shape) * dtype_bytes) / 2**20
 
 
@@ -215,7 +215,7 @@ def predict_7b() -> list[dict]:
     """Qwen2.5-7B's long pass on one 80 GB GPU of the recipes (ZeRO-3 over 8 GPUs, gradient checkpointing,
     flash-attention, bf16; 15K-token prompts with 8 x 1K completions), as `LongPass` plans it: for a window of 4 or 8
     prompts per process (the GRPO/DAPO recipes' 64 rollouts; KD distils only the correct ones), with vLLM colocated at
-    0.3 or on a server, with the recipes' `distillation_chunk_tokens: 24576` or the memory model's forward size, at
+    0.3 or on a server, with the recipes' `distillation_forward_tokens: 24576` or the memory model's forward size, at
     DePOConfig's default memory fraction.
 
     Time: FLOPs at an assumed 40% of an A100's 312 bf16 TFLOP/s; per row token `2 x parameters` for each run of the
@@ -223,7 +223,7 @@ def predict_7b() -> list[dict]:
     the backward, plus causal attention over the prompt and each completion over the prompt.
     """
     from depo_trl.distillation import LongPassMemory, PassPlan, forward_size, plan_pass
-    from depo_trl.long_context import chunk_tokens, plan_long_pass
+    from depo_trl.distillation.long_pass import forward_tokens, plan_forwards
 
     plain, memory = (
         LongPassMemory.of_model(
@@ -255,8 +255,8 @@ def predict_7b() -> list[dict]:
                     if source == "recipe"
                     else forward_size(memory, prompts * row, row, prompt + completion + 1, available)
                 )
-                forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, share_prefix=True)
-                held = sum(chunk_tokens(f, prompt_lengths, completion_lengths, True) for f in forwards)
+                forwards = plan_forwards(keys, prompt_lengths, completion_lengths, size, share_prefix=True)
+                held = sum(forward_tokens(f, prompt_lengths, completion_lengths, True) for f in forwards)
                 plan = plan_pass(plain, memory, held, size, len(forwards), available)
                 runs = {PassPlan.WITHOUT_LAYER_CHECKPOINTS: 1, PassPlan.HELD: 2, PassPlan.RECOMPUTED: 3}[plan]
                 flops = (2 * runs + 4) * QWEN_7B_PARAMETERS * held + (runs + 2) * attention_flops * prompts
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     points += [Point(m, reference, r) for r in rollout_counts for m in ("naive", "shared") if r != fixed_rollouts]
     print(
         f"{args.device}: Qwen2 hidden {shape.hidden}, {shape.layers} layers, {shape.heads}/{shape.kv_heads} heads, "
-        f"{completion}-token completions, gradient checkpointing; shared chunks of the context + 8 completions",
+        f"{completion}-token completions, gradient checkpointing; packed rows of the context + 8 completions",
         flush=True,
     )
     flash = args.device == "cuda" and is_flash_attn_2_available()

@@ -95,7 +95,7 @@ def measure_arm(name: str, settings: dict, rows: list, tokenizer, args) -> dict[
         max_steps=args.steps + 1,
         use_cpu=args.device == "cpu",
         disable_tqdm=True,
-        distillation_chunk_tokens=args.chunk_tokens,
+        distillation_forward_tokens=args.forward_tokens,
         **settings,
     )
     timer = StepTimer()
@@ -196,10 +196,10 @@ def main(argv: list[str] | None = None) -> None:
         help="About 8x the short prompt (63: every person of the pools).",
     )
     parser.add_argument(
-        "--chunk-tokens",
+        "--forward-tokens",
         type=positive_int,
         default=None,
-        help="distillation_chunk_tokens (default: the library's, the memory model's forward size).",
+        help="distillation_forward_tokens (default: the library's, the memory model's forward size).",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--hidden", type=positive_int, default=128)

@@ -6,7 +6,6 @@ from trl import GRPOConfig
 
 from .arms import ARMS, arm_for
 from .distillation import DISTILLATIONS
-from .losses import IW_REDUCTIONS
 from .user_errors import UsageError
 
 
@@ -32,7 +31,7 @@ class DePOConfig(GRPOConfig):
             Rollouts whose (weighted, summed) reward is at least this value are distilled (`distillation="kd"`).
         max_long_prompt_length (`int`, *optional*):
             If set, rows whose rendered long prompt has more tokens are dropped before training, with one warning.
-        distillation_chunk_tokens (`int`, *optional*):
+        distillation_forward_tokens (`int`, *optional*):
             Tokens one forward of the long-context pass holds (a packed row of prompts with their rollouts; a prompt
             whose rollouts do not fit is split). Defaults to what the memory model says fits: the whole optimizer
             window when it does, else forwards that fit beside everything the window's forwards keep for the
@@ -58,7 +57,8 @@ class DePOConfig(GRPOConfig):
             stops with an error naming the server; a timed-out request is not retried.
         vllm_weight_sync_dir (`str`, *optional*):
             Folder the trainer writes the weights to for a server with `vllm_weight_sync="reload"`; the server must
-            read it at the same path. Defaults to `<output_dir>/vllm_weights`.
+            read it at the same path. Each sync's files are removed once the server has reloaded them. Defaults to
+            `<output_dir>/_vllm_weights` (a name Transformers' push to the Hub leaves out, like its `_*` files).
     """
 
     rollout_context: str = field(
@@ -97,7 +97,7 @@ class DePOConfig(GRPOConfig):
         },
     )
 
-    distillation_chunk_tokens: int | None = field(
+    distillation_forward_tokens: int | None = field(
         default=None,
         metadata={
             "help": "Tokens one forward of the long-context pass holds (a packed row of prompts with their rollouts; "
@@ -140,7 +140,8 @@ class DePOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Folder the weights are written to for a vLLM server with vllm_weight_sync='reload'; the server "
-            "must read it at the same path. Defaults to <output_dir>/vllm_weights."
+            "must read it at the same path; each sync's files are removed once the server has reloaded them. Defaults "
+            "to <output_dir>/_vllm_weights (a push to the Hub leaves out names starting with _)."
         },
     )
 
@@ -159,17 +160,8 @@ class DePOConfig(GRPOConfig):
             )
         if self.distillation_coef < 0:
             raise UsageError(f"distillation_coef must be >= 0, got {self.distillation_coef}.")
-        if self.distillation == "iw" and self.loss_type not in IW_REDUCTIONS:
-            raise UsageError(
-                f"distillation='iw' follows the proxy's token normalisation, which is defined for loss_type in "
-                f"{IW_REDUCTIONS}; got loss_type={self.loss_type!r}."
-            )
-        steps, accumulation = self.steps_per_generation, self.gradient_accumulation_steps
-        if self.distillation != "none" and steps % accumulation and accumulation % steps:
-            raise UsageError(
-                f"The long-context pass runs once per optimizer window of a generation batch, so one of "
-                f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
-            )
+        if self.distillation in DISTILLATIONS:
+            DISTILLATIONS[self.distillation].check_config(self)
         generation = self.steps_per_generation * self.num_iterations
         # A checkpoint inside a generation batch cannot be resumed exactly: TRL regenerates the batch's rollouts, with
         # other samples, where the uninterrupted run trained on the rest of the buffered ones
@@ -195,7 +187,7 @@ class DePOConfig(GRPOConfig):
                 f"vllm_request_timeout must be a positive number of seconds, got {self.vllm_request_timeout}."
             )
         if self.vllm_weight_sync_dir is None:
-            self.vllm_weight_sync_dir = os.path.join(self.output_dir, "vllm_weights")
+            self.vllm_weight_sync_dir = os.path.join(self.output_dir, "_vllm_weights")
         if self.max_long_prompt_length is not None and self.max_long_prompt_length <= 0:
             raise UsageError(f"max_long_prompt_length must be a positive integer, got {self.max_long_prompt_length}.")
         if not 0 < self.distillation_memory_fraction <= 1:
@@ -204,9 +196,9 @@ class DePOConfig(GRPOConfig):
                 "share of the free memory the long pass may fill."
             )
         smallest = (self.max_long_prompt_length or 1) + (self.max_completion_length or 0)
-        if self.distillation_chunk_tokens is not None and self.distillation_chunk_tokens < smallest:
+        if self.distillation_forward_tokens is not None and self.distillation_forward_tokens < smallest:
             raise UsageError(
-                f"distillation_chunk_tokens={self.distillation_chunk_tokens} cannot hold one long prompt and one "
+                f"distillation_forward_tokens={self.distillation_forward_tokens} cannot hold one long prompt and one "
                 f"completion ({smallest} tokens with max_long_prompt_length={self.max_long_prompt_length} and "
                 f"max_completion_length={self.max_completion_length}); raise it."
             )

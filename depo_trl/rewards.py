@@ -4,10 +4,11 @@
 dataset column as keyword arguments, and read the gold strings from the `answer` column.
 """
 
+import importlib
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .user_errors import UsageError
@@ -160,3 +161,24 @@ REWARD_FUNCTIONS = {"em": em_reward, "f1": f1_reward}
 def reads_answer_column(reward_funcs: Sequence) -> bool:
     """Whether any of `reward_funcs` is a built-in reward, which reads the `answer` column."""
     return any(func in REWARD_FUNCTIONS.values() for func in reward_funcs)
+
+
+def get_reward_funcs(names: Sequence[str]) -> list[Callable]:
+    """Reward callables for `names` (a recipe's `reward_funcs`): the built-in `em` / `f1`, or dotted import paths such
+    as `my_lib.rewards.custom_reward`; a name that resolves to nothing is a [`UsageError`]."""
+    funcs = []
+    for name in names:
+        if name in REWARD_FUNCTIONS:
+            funcs.append(REWARD_FUNCTIONS[name])
+            continue
+        module_path, _, attribute = name.rpartition(".")
+        try:
+            funcs.append(getattr(importlib.import_module(module_path), attribute))
+        except (ImportError, AttributeError, ValueError):
+            raise UsageError(
+                f"reward_funcs {name!r}: unknown reward function; use one of {sorted(REWARD_FUNCTIONS)} or an "
+                "importable dotted path such as 'my_lib.rewards.custom_reward'."
+            ) from None
+    if not funcs:
+        raise UsageError("reward_funcs []: no reward function; set at least one, e.g. `reward_funcs: [em]`.")
+    return funcs

@@ -1,15 +1,16 @@
 """DePOTrainer: TRL's GRPOTrainer plus DePO's long-context term (docs/design.md).
 
 Generation, rewards, advantages and the proxy loss are TRL's, untouched. The only changes w.r.t. GRPOTrainer:
-- the prompt rollouts are sampled from (`rollout_context`),
-- `distillation_coef` times the long-context term of `distillation` added to the proxy loss: a
-  [`~depo_trl.distillation.Distillation`] built per generation batch, run once per optimizer window on the window's
-  rollouts regrouped by prompt (`depo_trl.distillation.LongPass`), its value completed per micro-batch.
+- `_generate_and_score_completions` samples the rollouts from the prompt `rollout_context` names
+  (`depo_trl.rollout_context`) and builds the generation batch's long-context term (`depo_trl.distillation`);
+- `_prepare_inputs` gives the micro-batches of one optimizer step a shared [`~depo_trl.distillation.Window`];
+- `_compute_loss` adds `distillation_coef` times the term: the window's long pass, run by its first micro-batch on
+  the window's rollouts regrouped by prompt, and the term's value completed per micro-batch.
+TRL computes two things these overrides read and does not return them: the per-rollout rewards
+(`_calculate_rewards`) and the proxy pass's log-probabilities (`_get_per_token_logps_and_entropies`). Each reaches the
+override that called it through a [`Tap`] opened around the call.
 """
 
-import hashlib
-import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,66 +19,40 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
-from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
 from .config import DePOConfig
-from .data.columns import missing_column_problem
-from .distillation import (
-    DISTILLATIONS,
-    Accumulation,
-    ClippedObjective,
-    Distillation,
-    GenerationBatch,
-    LongPass,
-    Rollouts,
-    Window,
-)
-from .long_context import install_shared_prefix_attention, layer_attention_windows
+from .data.checks import check_dataset, datasets_by_split, drop_overlong_rows
+from .distillation import DISTILLATIONS, Accumulation, ClippedObjective, GenerationBatch, LongPass, Rollouts, Window
+from .distillation.base import tokenize_long_prompts
+from .distillation.long_pass import enable_prefix_sharing
+from .model_card import PAPER, depo_model_card_section
 from .rewards import answer_column_problem, reads_answer_column
+from .rollout_context import rollout_rows
 from .user_errors import UsageError
 from .vllm_sync import depo_vllm_generation
 
 
-logger = logging.get_logger(__name__)
+class Tap:
+    """Values a TRL method computes but does not return, handed to the override that calls it: the override opens the
+    tap around its call (`with tap.open() as values:`), the hook TRL calls inside records into it."""
 
-# Rows are tokenized in batches of this size when `max_long_prompt_length` filters a dataset.
-_LENGTH_CHECK_BATCH_SIZE = 256
+    def __init__(self):
+        self._values: list | None = None
 
+    @contextmanager
+    def open(self) -> Iterator[list]:
+        self._values = []
+        try:
+            yield self._values
+        finally:
+            self._values = None
 
-def mixed_rollout_uses_long_prompt(row_key: str, seed: int, step: int) -> bool:
-    """Coin flip of the 'Short-Long' baseline: whether a row's rollout group is sampled from its long prompt.
-
-    A pure function of `(seed, step, row_key)`, so all `num_generations` copies of a row, on every process, agree.
-    Probability 1/2 over rows and steps. (A resumed run generates at other steps, so it draws other coins.)
-    """
-    digest = hashlib.blake2b(f"{seed}:{step}:{row_key}".encode(), digest_size=8).digest()
-    return digest[-1] & 1 == 1
-
-
-def _row_key(row: dict[str, Any]) -> str:
-    if row.get("id") is not None:
-        return str(row["id"])
-    return json.dumps(row["prompt"], sort_keys=True, default=str)
-
-
-def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
-    names = getattr(dataset, "column_names", None)
-    if names is None and isinstance(dataset, IterableDataset):  # features unknown until the first row is read
-        names = list(next(iter(dataset)).keys())
-    return list(names or [])
-
-
-def _datasets_by_split(train_dataset, eval_dataset) -> Iterator[tuple[str, Dataset | IterableDataset]]:
-    if train_dataset is not None:
-        yield "train", train_dataset
-    if isinstance(eval_dataset, dict):
-        for name, dataset in eval_dataset.items():
-            yield f"eval ({name})", dataset
-    elif eval_dataset is not None:
-        yield "eval", eval_dataset
+    def record(self, value: Any) -> None:
+        if self._values is not None:
+            self._values.append(value)
 
 
 def open_window(micro_batches: list[dict[str, Any]]) -> Window:
@@ -89,45 +64,14 @@ def open_window(micro_batches: list[dict[str, Any]]) -> Window:
     return window
 
 
-_MODEL_CARD_SETTINGS = (
-    "rollout_context",
-    "distillation",
-    "distillation_coef",
-    "distillation_reward_threshold",
-    "loss_type",
-    "importance_sampling_level",
-    "epsilon",
-    "epsilon_high",
-    "beta",
-    "num_generations",
-    "temperature",
-    "learning_rate",
-    "max_completion_length",
-)
-
-
-def depo_model_card_section(args: DePOConfig, paper_title: str, recipe: str | None = None) -> str:
-    """Markdown appended to the model card: the method, the DePO settings of the run, and its recipe."""
-    rows = "\n".join(f"| `{name}` | `{getattr(args, name)}` |" for name in _MODEL_CARD_SETTINGS)
-    section = (
-        f"\n## DePO\n\nThis model was trained with DePO, from *{paper_title}*: GRPO-family RL on rollouts sampled "
-        "from a short context (gold documents and a few distractors), plus the distillation of those rollouts into "
-        "the same policy conditioned on a long context (many more distractors).\n\n"
-        f"| setting | value |\n|---|---|\n{rows}\n"
-    )
-    if recipe:
-        section += f"\n### Recipe\n\n```yaml\n{recipe.rstrip()}\n```\n"
-    return section
-
-
 class DePOTrainer(GRPOTrainer):
     """
     Trainer for DePO (Decomposed Policy Optimization) and its baselines, on top of [`~trl.GRPOTrainer`].
 
-    Takes the same arguments as [`~trl.GRPOTrainer`], with a [`DePOConfig`]. The dataset has a conversational (or
-    plain-text) `prompt` column (short context) and, whenever `distillation != "none"` or `rollout_context != "short"`,
-    a `long_prompt` column (long context); reward functions read their own columns (e.g. `answer` for
-    [`depo_trl.rewards.em_reward`]).
+    Takes the same arguments as [`~trl.GRPOTrainer`], with a [`DePOConfig`], and the `recipe` (YAML text) the run was
+    launched with, if any, for the model card. The dataset has a conversational (or plain-text) `prompt` column (short
+    context) and, whenever `distillation != "none"` or `rollout_context != "short"`, a `long_prompt` column (long
+    context); reward functions read their own columns (e.g. `answer` for [`depo_trl.rewards.em_reward`]).
 
     Example:
 
@@ -148,8 +92,7 @@ class DePOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "depo"]
     _name = "DePO"
-    # TRL's model card cites `_paper`; the paper's arXiv id is not known to this project yet, so only its title is given
-    _paper = {"title": "DePO: Decomposed Policy Optimization for Long-Context Reasoning"}
+    _paper = PAPER
 
     def __init__(
         self,
@@ -159,6 +102,7 @@ class DePOTrainer(GRPOTrainer):
         train_dataset: Dataset | IterableDataset | None = None,
         eval_dataset=None,
         processing_class=None,
+        recipe: str | None = None,
         **kwargs,
     ):
         if args is None:
@@ -166,155 +110,84 @@ class DePOTrainer(GRPOTrainer):
             args = DePOConfig(f"{str(model_name).split('/')[-1]}-DePO")
         elif not isinstance(args, DePOConfig):
             raise TypeError(f"DePOTrainer needs a DePOConfig, got {type(args).__name__}. Build a DePOConfig instead.")
-        self._captured_policy_logps: list[torch.Tensor] | None = None
-        self._pending_rewards: torch.Tensor | None = None
-        # YAML of the recipe the run was launched with, if any; the model card reproduces it.
-        self.recipe: str | None = None
+        given_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        for split, dataset in datasets_by_split(train_dataset, eval_dataset):  # before the model loads
+            check_dataset(dataset, args, given_funcs, f"The {split} dataset")
+        self.recipe = recipe
+        self._reward_tap, self._policy_logps_tap = Tap(), Tap()
         with depo_vllm_generation(args.vllm_weight_sync, args.vllm_weight_sync_dir, args.vllm_request_timeout):
             super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
-        for split, dataset in _datasets_by_split(train_dataset, eval_dataset):
-            problem = missing_column_problem(_column_names(dataset), args, self.reward_funcs)
-            if problem:
-                raise UsageError(f"The {split} dataset: {problem}.")
         self._reads_answer_column = reads_answer_column(self.reward_funcs)
         if args.uses_long_prompt and args.max_long_prompt_length is not None:
-            self.train_dataset = self._drop_overlong_rows(self.train_dataset, "train")
-            if isinstance(self.eval_dataset, dict):
-                self.eval_dataset = {
-                    name: self._drop_overlong_rows(dataset, f"eval ({name})")
-                    for name, dataset in self.eval_dataset.items()
-                }
-            elif self.eval_dataset is not None:
-                self.eval_dataset = self._drop_overlong_rows(self.eval_dataset, "eval")
+            self._drop_overlong_rows(args.max_long_prompt_length)
         self.distillation_class = DISTILLATIONS.get(args.distillation)
         if self.distillation_class is not None:
+            config = self.accelerator.unwrap_model(self.model).config
             self.long_pass = LongPass(
                 self.accelerator,
                 naive_log_probs=self._naive_long_log_probs,
                 pad_token_id=self._tokenizer.pad_token_id,
-                share_prefix=args.share_long_prefix and self._install_long_prefix_sharing(),
-                requested_tokens=args.distillation_chunk_tokens,
+                share_prefix=args.share_long_prefix and enable_prefix_sharing(config),
+                requested_tokens=args.distillation_forward_tokens,
                 memory_fraction=args.distillation_memory_fraction,
                 rollouts_per_prompt=args.num_generations,
             )
 
-    def _install_long_prefix_sharing(self) -> bool:
-        """Register the shared-prefix attention for the model's attention implementation (process-wide, once), or
-        say why the long pass cannot share its prompts."""
-        config = self.accelerator.unwrap_model(self.model).config
-        implementation = getattr(config, "_attn_implementation", None)
-        if not install_shared_prefix_attention(implementation):
-            reason = f"SDPA or flash-attention, not {implementation!r}"
-        elif layer_attention_windows(config) is None:
-            reason = (
-                f"full or sliding-window attention layers, not {sorted(set(config.get_text_config().layer_types))}"
-            )
-        else:
-            return True
-        logger.warning(f"share_long_prefix needs {reason}: the long pass recomputes each rollout's long prompt.")
-        return False
+    def _drop_overlong_rows(self, limit: int) -> None:
+        def lengths(long_prompts: list) -> list[int]:  # rendered exactly as for training
+            return [len(ids) for ids in self._tokenize_prompts(long_prompts)[0]]
+
+        self.train_dataset = drop_overlong_rows(self.train_dataset, limit, lengths, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {
+                name: drop_overlong_rows(dataset, limit, lengths, f"eval ({name})")
+                for name, dataset in self.eval_dataset.items()
+            }
+        elif self.eval_dataset is not None:
+            self.eval_dataset = drop_overlong_rows(self.eval_dataset, limit, lengths, "eval")
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card, plus the DePO settings of the run and the recipe it was launched with."""
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if not self.is_world_process_zero():
-            return
-        with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as handle:
-            handle.write(depo_model_card_section(self.args, self._paper["title"], self.recipe))
+        if self.is_world_process_zero():
+            with open(f"{self.args.output_dir}/README.md", "a", encoding="utf-8") as handle:
+                handle.write(depo_model_card_section(self.args, self.recipe))
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if "long_prompt" not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, "long_prompt"]
 
-    # ------------------------------------------------------------------ data
-
-    def _long_prompt_lengths(self, long_prompts: list) -> list[int]:
-        """Token count of each long prompt, rendered exactly as for training (TRL's `_tokenize_prompts`)."""
-        prompt_ids, _, _ = self._tokenize_prompts(long_prompts)
-        return [len(ids) for ids in prompt_ids]
-
-    def _drop_overlong_rows(self, dataset: Dataset | IterableDataset | None, split: str):
-        if dataset is None:
-            return None
-        limit = self.args.max_long_prompt_length
-        if isinstance(dataset, IterableDataset):
-            logger.warning(
-                f"max_long_prompt_length={limit}: {split} rows with longer long prompts are skipped as they stream "
-                "in; an iterable dataset cannot say in advance how many."
-            )
-            return dataset.filter(lambda row: self._long_prompt_lengths([row["long_prompt"]])[0] <= limit)
-        keep = []
-        for start in range(0, len(dataset), _LENGTH_CHECK_BATCH_SIZE):
-            batch = dataset[start : start + _LENGTH_CHECK_BATCH_SIZE]["long_prompt"]
-            lengths = self._long_prompt_lengths(batch)
-            keep.extend(start + offset for offset, length in enumerate(lengths) if length <= limit)
-        dropped = len(dataset) - len(keep)
-        if not keep:
-            raise ValueError(
-                f"Every {split} row has a long prompt longer than max_long_prompt_length={limit} tokens. Raise the "
-                "limit or rebuild the data with a smaller long-context budget."
-            )
-        if dropped:
-            logger.warning(
-                f"Dropped {dropped} of {len(dataset)} {split} rows whose long prompt exceeds "
-                f"max_long_prompt_length={limit} tokens."
-            )
-            dataset = dataset.select(keep)
-        return dataset
-
-    def _rollout_inputs(self, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The rows with `prompt` replaced by `long_prompt` where the rollout context asks for it.
-
-        Evaluation samples from the long prompt for `rollout_context="long"` and from the short one otherwise: the
-        'Short-Long' coin flip is a training choice, and evaluating on it would make eval rewards a random mixture.
-        """
-        context = self.args.rollout_context
-        if context == "short" or (context == "mixed" and not self.model.training):
-            return inputs
-        if context == "long":
-            return [{**row, "prompt": row["long_prompt"]} for row in inputs]
-        step = self.state.global_step
-        return [
-            {**row, "prompt": row["long_prompt"]}
-            if mixed_rollout_uses_long_prompt(_row_key(row), self.args.seed, step)
-            else row
-            for row in inputs
-        ]
-
     # ------------------------------------------------------------------ generation batch
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        # Handed to `_generate_and_score_completions`, which called this: TRL keeps no per-rollout reward in its
-        # output. Same combination as TRL's logged `reward`: weighted sum, NaN where every reward function abstained.
+        # TRL's logged `reward`: the weighted sum, NaN where every reward function abstained; all processes' rollouts
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        self._pending_rewards = rewards  # all processes' rollouts, in gather order
+        self._reward_tap.record(rewards)
         return rewards_per_func
-
-    def _check_answers_on_every_process(self, inputs: list[dict[str, Any]]) -> None:
-        """A malformed `answer` in one process's rows stops every process with the same message: the built-in
-        rewards would raise on that process only, leaving the others waiting in TRL's reward gather."""
-        problem = answer_column_problem([row.get("answer") for row in inputs])
-        problems = [found for found in gather_object([problem]) if found]
-        if problems:
-            raise UsageError(f"A {'training' if self.model.training else 'evaluation'} batch: {problems[0]}.")
 
     def _generate_and_score_completions(self, inputs):
         if self._reads_answer_column:
-            self._check_answers_on_every_process(inputs)
-        rollout_inputs = self._rollout_inputs(inputs)
+            # A malformed `answer` on one process stops every process alike, not only the one whose reward raises
+            local = answer_column_problem([row.get("answer") for row in inputs])
+            problems = [problem for problem in gather_object([local]) if problem]
+            if problems:
+                raise UsageError(f"A {'training' if self.model.training else 'evaluation'} batch: {problems[0]}.")
+        rows = rollout_rows(
+            inputs, self.args.rollout_context, self.model.training, self.args.seed, self.state.global_step
+        )
         if self.args.rollout_context != "short":
-            contexts = ["short" if rollout is row else "long" for rollout, row in zip(rollout_inputs, inputs)]
-            self._log_completion_extra("rollout_context", contexts)
-        output = super()._generate_and_score_completions(rollout_inputs)
-        all_rewards, self._pending_rewards = self._pending_rewards, None
-        if rollout_inputs is not inputs:
-            # TRL logged the prompts the rollouts came from; log the short ones, so long prompts never fill the logs
-            short_prompts = gather_object([row["prompt"] for row in inputs])
+            self._log_completion_extra(
+                "rollout_context", ["short" if r is i else "long" for r, i in zip(rows, inputs)]
+            )
+        with self._reward_tap.open() as rewards:
+            output = super()._generate_and_score_completions(rows)
+        if rows is not inputs:  # TRL logged the prompts sampled from; log the short ones, or long ones fill the logs
             logged = self._logs["prompt"]
+            short_prompts = gather_object([row["prompt"] for row in inputs])
             for _ in range(min(len(short_prompts), len(logged))):
                 logged.pop()
             logged.extend(short_prompts)
@@ -322,53 +195,27 @@ class DePOTrainer(GRPOTrainer):
         output["rollout_index"] = torch.arange(len(inputs), device=self.accelerator.device)
         if self.distillation_class is not None:
             # One reference per rollout: TRL's shuffle and split hand the term to every micro-batch cut from this
-            # generation batch, and to no other, so an evaluation in between cannot replace it.
-            term = self._distillation_term(output, inputs, all_rewards)
-            output["distillation"] = [term] * len(inputs)
+            # generation batch, and to no other, so an evaluation in between cannot replace it
+            output["distillation"] = [self._distillation_term(output, inputs, rewards[0])] * len(inputs)
         return output
 
-    def _tokenize_each_long_prompt_once(self, long_prompts: list) -> list[torch.Tensor]:
-        """Each rollout's long prompt as token ids; a prompt's rollouts share one tensor, rendered and tokenized once
-        (a generation batch repeats each prompt `num_generations` times, and at the recipes' 15K tokens the
-        tokenization is not free). With TRL's `environment_factory` each rollout is rendered with its environment's
-        tools, so each is tokenized on its own."""
-        if self.environment_factories is not None:  # TRL renders each rollout with its own environment's tools
-            token_ids, _, _ = self._tokenize_prompts(long_prompts)
-            return [torch.tensor(ids, device=self.accelerator.device) for ids in token_ids]
-        keys = [json.dumps(prompt, sort_keys=True, default=str) for prompt in long_prompts]
-        first: dict[str, int] = {}
-        for index, key in enumerate(keys):
-            first.setdefault(key, index)
-        token_ids, _, _ = self._tokenize_prompts([long_prompts[index] for index in first.values()])
-        device = self.accelerator.device
-        tensors = {key: torch.tensor(ids, device=device) for key, ids in zip(first, token_ids)}
-        return [tensors[key] for key in keys]
-
-    def _distillation_term(
-        self, output: dict[str, Any], inputs: list[dict[str, Any]], all_rewards: torch.Tensor
-    ) -> Distillation:
-        """The long-context term of this process's generation batch. The long prompt is tokenized with the short
-        prompt's chat template (TRL's `_tokenize_prompts`)."""
-        device = self.accelerator.device
-        mode = "train" if self.model.training else "eval"
-        long_prompt_ids = self._tokenize_each_long_prompt_once([row["long_prompt"] for row in inputs])
+    def _distillation_term(self, output: dict[str, Any], inputs: list[dict[str, Any]], all_rewards: torch.Tensor):
+        """The long-context term of this process's generation batch (`all_rewards`: every process's rollouts)."""
+        device, mode = self.accelerator.device, "train" if self.model.training else "eval"
+        long_prompt_ids = tokenize_long_prompts(
+            [row["long_prompt"] for row in inputs],
+            lambda prompts: self._tokenize_prompts(prompts)[0],
+            device,
+            each_on_its_own=self.environment_factories is not None,
+        )
         all_lengths = self.accelerator.gather(torch.tensor([len(ids) for ids in long_prompt_ids], device=device))
         limit = self.args.max_long_prompt_length
         if limit is not None and int(all_lengths.max()) > limit:  # decided on the gathered lengths: every process
-            raise ValueError(
-                f"A long prompt of {int(all_lengths.max())} tokens exceeds max_long_prompt_length={limit}. Rows over "
-                "the limit are dropped when the trainer is built; a dataset passed to evaluate() or changed later is "
+            raise UsageError(
+                f"max_long_prompt_length={limit}: a long prompt of {int(all_lengths.max())} tokens; rows over the "
+                "limit are dropped when the trainer is built, but a dataset passed to evaluate() or changed later is "
                 "not filtered. Filter it, or raise max_long_prompt_length."
             )
-        loss_mask = output["completion_mask"]
-        if "tool_mask" in output:
-            loss_mask = loss_mask * output["tool_mask"]
-        rollouts = Rollouts(
-            long_prompt_ids=long_prompt_ids,
-            completion_ids=output["completion_ids"],
-            completion_mask=output["completion_mask"],
-            loss_mask=loss_mask,
-        )
         process = self.accelerator.process_index
         batch = GenerationBatch(
             output=output,
@@ -381,7 +228,9 @@ class DePOTrainer(GRPOTrainer):
             gather=self.accelerator.gather,
             behaviour_logps=lambda: self._behaviour_logps(output),
         )
-        term = self.distillation_class.from_generation_batch(rollouts, batch)
+        term = self.distillation_class.from_generation_batch(
+            Rollouts.from_generation_output(output, long_prompt_ids), batch
+        )
         for name, value in term.generation_metrics().items():
             self._metrics[mode][name].append(value)
         self._metrics[mode]["depo/long_prompt_tokens"].append(all_lengths.float().mean().item())
@@ -404,7 +253,7 @@ class DePOTrainer(GRPOTrainer):
         return logps
 
     def _naive_long_log_probs(self, model, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
-        """TRL's log-prob helper for the long pass without sharing (not captured as the proxy's teacher)."""
+        """TRL's log-prob helper for the long pass without sharing (not tapped as the proxy's teacher)."""
         logps, _, _ = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep)
         return logps
 
@@ -426,57 +275,41 @@ class DePOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ loss
 
-    @contextmanager
-    def _capturing_policy_logps(self) -> Iterator[list[torch.Tensor]]:
-        """Collect, detached, the log-probs TRL's proxy loss computes, so the short-context teacher costs nothing."""
-        self._captured_policy_logps = []
-        try:
-            yield self._captured_policy_logps
-        finally:
-            self._captured_policy_logps = None
-
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        if self._captured_policy_logps is not None:
-            self._captured_policy_logps.append(logps.detach())
+        self._policy_logps_tap.record(logps.detach())
         return logps, entropies, aux_loss
-
-    def _accumulation(self) -> Accumulation:
-        if not self.model.training:
-            return Accumulation(self.accelerator.num_processes, steps=1, steps_per_generation=1)
-        return Accumulation(
-            self.accelerator.num_processes, self.current_gradient_accumulation_steps, self.args.steps_per_generation
-        )
 
     def _compute_loss(self, model, inputs):
         if self.distillation_class is None:
             return super()._compute_loss(model, inputs)
-        term: Distillation = inputs["distillation"][0]
-        window: Window = inputs["distillation_window"]
-        rows = inputs["rollout_index"]
-        with self._capturing_policy_logps() as captured:
+        term, window, rows = inputs["distillation"][0], inputs["distillation_window"], inputs["rollout_index"]
+        with self._policy_logps_tap.open() as captured:  # the short-context teacher, at no extra forward
             proxy_loss = super()._compute_loss(model, inputs)
         if len(captured) != 1:
             raise RuntimeError(f"TRL's proxy loss computed the policy's log-probs {len(captured)} times, not once.")
         short_logps = captured[0]
-        accumulation = self._accumulation()
-        mode = "train" if self.model.training else "eval"
+        training = self.model.training
+        mode = "train" if training else "eval"
+        steps = self.current_gradient_accumulation_steps if training else 1
+        accumulation = Accumulation(
+            self.accelerator.num_processes, steps, self.args.steps_per_generation if training else 1
+        )
         window_loss = torch.zeros((), device=proxy_loss.device)
         if window.record is None:  # the window's first micro-batch runs the window's pass
             started = time.perf_counter()
-            window_loss = term.run_window(model, self.long_pass, window, accumulation)
+            window_loss, window.record = term.run_window(model, self.long_pass, window, accumulation)
             if window_loss.device.type == "cuda":  # the forwards' kernels, not only their launch
                 torch.cuda.synchronize(window_loss.device)
             # Its forwards only: their backward (and recomputation) runs in the step's backward
             self._metrics[mode]["depo/long_pass_seconds"].append(time.perf_counter() - started)
             self._log_reduced(term.window_metrics(window.record, torch.cat(window.rollouts_per_micro_batch)))
-        record = window.record
-        distillation_loss = window_loss + term.micro_batch_value(record, rows, short_logps)
+        distillation_loss = window_loss + term.micro_batch_value(window.record, rows, short_logps)
         # Per micro-batch, times the accumulation steps: averaged over a step's micro-batches, the step's value
         value = self.accelerator.gather(distillation_loss.detach() * accumulation.steps).mean()
         self._metrics[mode][term.value_metric].append(value.item())
-        gap_mask = term.logp_gap_mask(record, rows)
-        gap = (short_logps - record.long_logps[rows]) * gap_mask
+        gap_mask = term.logp_gap_mask(window.record, rows)
+        gap = (short_logps - window.record.long_logps[rows]) * gap_mask
         self._log_reduced({"depo/logp_gap": (gap.sum(), gap_mask.sum())})
         return proxy_loss + self.args.distillation_coef * distillation_loss
 

@@ -3,9 +3,9 @@
 Scenarios (the second argument):
 - `one-process-correct`: process 0 gets the rollouts of the prompt that is always rewarded, process 1 those of the
   prompt that never is, so one process distils and the other runs only the zero-weighted long pass. With
-  `--chunk-tokens 70` the two processes have different chunk counts (2 and 0).
-- `uneven-chunks`: three prompts per process; process 0's share one long prompt, process 1's have three different
-  and longer ones, so the shared-prefix pass with `--chunk-tokens 150` plans 1 chunk on process 0 and 4 on process 1
+  `--forward-tokens 70` the two processes have different forward counts (2 and 0).
+- `uneven-forwards`: three prompts per process; process 0's share one long prompt, process 1's have three different
+  and longer ones, so the shared-prefix pass with `--forward-tokens 150` plans 1 forward on process 0 and 4 on process 1
   (DePO-IW; with KD, process 1 has no correct rollout and plans none).
 - `overlong-eval`: `evaluate()` on a dataset where one process's long prompt exceeds `max_long_prompt_length`.
 - `bad-answer`: the exact-match reward on rows where one process's row has an unusable `answer` ([]).
@@ -68,11 +68,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
     parser.add_argument(
-        "scenario", choices=["one-process-correct", "uneven-chunks", "overlong-eval", "bad-answer", "oom-on-process-1"]
+        "scenario",
+        choices=["one-process-correct", "uneven-forwards", "overlong-eval", "bad-answer", "oom-on-process-1"],
     )
     parser.add_argument("output_dir")
     parser.add_argument("--distillation", default="kd")
-    parser.add_argument("--chunk-tokens", type=int, default=None)
+    parser.add_argument("--forward-tokens", type=int, default=None)
     args = parser.parse_args()
 
     correct_rollouts_per_step = []
@@ -83,7 +84,7 @@ def main() -> None:
         return rewards
 
     rows = scenario_rows(args.scenario)
-    prompts_per_process = 3 if args.scenario == "uneven-chunks" else 1
+    prompts_per_process = 3 if args.scenario == "uneven-forwards" else 1
     config = DePOConfig(
         output_dir=args.output_dir,
         distillation=args.distillation,
@@ -99,7 +100,7 @@ def main() -> None:
         use_cpu=True,
         bf16=False,
         shuffle_dataset=False,
-        distillation_chunk_tokens=args.chunk_tokens,
+        distillation_forward_tokens=args.forward_tokens,
         max_long_prompt_length=200 if args.scenario == "overlong-eval" else None,
     )
     torch.manual_seed(0)

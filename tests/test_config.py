@@ -27,8 +27,8 @@ def test_other_bad_values():
         config(distillation="iw", loss_type="cispo")
     with pytest.raises(ValueError, match="max_long_prompt_length"):
         config(max_long_prompt_length=0)
-    with pytest.raises(ValueError, match="distillation_chunk_tokens=100 cannot hold one long prompt"):
-        config(distillation_chunk_tokens=100, max_long_prompt_length=90, max_completion_length=20)
+    with pytest.raises(ValueError, match="distillation_forward_tokens=100 cannot hold one long prompt"):
+        config(distillation_forward_tokens=100, max_long_prompt_length=90, max_completion_length=20)
     with pytest.raises(ValueError, match="must divide the other"):
         config(gradient_accumulation_steps=2, steps_per_generation=3)
     # No long pass: any split, with checkpoints at generation-batch boundaries (every 3 optimizer steps here)
@@ -43,7 +43,7 @@ def test_defaults_are_depo():
 
 def test_the_forward_size_is_the_memory_model_s_unless_set():
     # No config-time formula: the long pass sizes its forwards from the memory free when it runs
-    assert config(max_long_prompt_length=15360, num_generations=8).distillation_chunk_tokens is None
-    assert config(distillation_chunk_tokens=4096).distillation_chunk_tokens == 4096
+    assert config(max_long_prompt_length=15360, num_generations=8).distillation_forward_tokens is None
+    assert config(distillation_forward_tokens=4096).distillation_forward_tokens == 4096
     with pytest.raises(ValueError, match="distillation_memory_fraction must be in"):
         config(distillation_memory_fraction=0.0)

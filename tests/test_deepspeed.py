@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 for real: two CPU processes (gloo) through `accelerate launch` and the entry point.
 
 Under plain SGD without gradient clipping the parameters after a few steps are a linear function of the summed
-gradients, so a wrong gradient scale (a chunk counted twice, a missing all-reduce, a recomputed chunk whose gathered
+gradients, so a wrong gradient scale (a forward counted twice, a missing all-reduce, a recomputed forward whose gathered
 weights are stale) shows up in them; Adam would normalise it away.
 """
 
@@ -18,7 +18,7 @@ from .helpers import WARM_START, largest_difference, launch, saved_weights, step
 # gathers the parameters again (through the model's layer checkpoints, which train() turns on).
 SGD_WITHOUT_CLIPPING = [
     "--optim", "sgd", "--max_grad_norm", "0", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
-    "--max_steps", "3", "--max_long_prompt_length", "150", "--distillation_chunk_tokens", "200",
+    "--max_steps", "3", "--max_long_prompt_length", "150", "--distillation_forward_tokens", "200",
     "--distillation_memory_fraction", "1e-12",
 ]  # fmt: skip
 

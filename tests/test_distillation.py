@@ -16,10 +16,9 @@ from depo_trl.distillation import (
     PassPlan,
     forward_size,
     holds,
-    long_pass,
     plan_pass,
 )
-from depo_trl.long_context import SHARED_PREFIX_KWARG
+from depo_trl.distillation.long_pass import SHARED_PREFIX_KWARG, runner
 
 from .helpers import accumulated_gradients, generation_batch, make_rows, make_trainer
 
@@ -79,11 +78,11 @@ def test_holding_counts_every_copy_of_a_split_prompt():
     assert not holds(MEMORY, held_tokens=140, tokens_per_forward=20, available_bytes=1600)
 
 
-@pytest.mark.parametrize(("chunk_tokens", "memory_fraction", "forwards", "recomputed"), [
+@pytest.mark.parametrize(("forward_tokens", "memory_fraction", "forwards", "recomputed"), [
     (None, 0.8, 1, False), (120, 0.8, 2, False), (120, 1e-12, 2, True), (70, 1e-12, 6, True),
 ])  # fmt: skip
 def test_the_long_pass_plans_as_the_memory_model_says(
-    tiny_model_dir, tmp_path, caplog, chunk_tokens, memory_fraction, forwards, recomputed
+    tiny_model_dir, tmp_path, caplog, forward_tokens, memory_fraction, forwards, recomputed
 ):
     """Two prompts with 4 rollouts each (packed rows of 74 and 110 tokens); 70 tokens split their rollouts over six
     forwards, each with its own copy of its prompt."""
@@ -91,7 +90,7 @@ def test_the_long_pass_plans_as_the_memory_model_says(
     dataset = Dataset.from_list([rows[0], rows[3]])
     trainer = make_trainer(
         tiny_model_dir, dataset, tmp_path, distillation="iw", per_device_train_batch_size=8,
-        distillation_chunk_tokens=chunk_tokens, distillation_memory_fraction=memory_fraction,
+        distillation_forward_tokens=forward_tokens, distillation_memory_fraction=memory_fraction,
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="depo_trl"):
         accumulated_gradients(trainer, [generation_batch(trainer, dataset, num_prompts=2)])
@@ -158,13 +157,13 @@ def record_long_pass_mlp_calls(trainer) -> list[int]:
 def test_backbone_runs_of_each_forward_in_a_training_step(
     tiny_model_dir, tmp_path, monkeypatch, settings, calls_per_forward
 ):
-    # Two prompts per step, a forward each (distillation_chunk_tokens fits one prompt with its rollouts); train()
+    # Two prompts per step, a forward each (distillation_forward_tokens fits one prompt with its rollouts); train()
     # turns the recipes' gradient checkpointing on
     dataset = make_rows(num_rows=2, num_distractors=3) + make_rows(num_rows=2, num_distractors=9, seed=1)
     settings = dict(settings)
     if "plan" in settings:
         plan = settings.pop("plan")
-        monkeypatch.setattr(long_pass, "plan_pass", lambda *args: plan)
+        monkeypatch.setattr(runner, "plan_pass", lambda *args: plan)
     trainer = make_trainer(
         tiny_model_dir,
         Dataset.from_list([dataset[0], dataset[3]]),
@@ -173,7 +172,7 @@ def test_backbone_runs_of_each_forward_in_a_training_step(
         per_device_train_batch_size=8,
         max_steps=1,
         shuffle_dataset=False,
-        distillation_chunk_tokens=120,
+        distillation_forward_tokens=120,
         **settings,
     )
     seen = record_long_pass_mlp_calls(trainer)

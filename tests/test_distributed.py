@@ -29,9 +29,9 @@ def rank_results(output_dir) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk_tokens", [None, 70], ids=["one-chunk", "chunks-differ-per-process"])
-def test_two_processes_where_only_one_has_correct_rollouts_complete(tiny_model_dir, tmp_path, chunk_tokens):
-    options = [] if chunk_tokens is None else ["--chunk-tokens", str(chunk_tokens)]
+@pytest.mark.parametrize("forward_tokens", [None, 70], ids=["one-forward", "forwards-differ-per-process"])
+def test_two_processes_where_only_one_has_correct_rollouts_complete(tiny_model_dir, tmp_path, forward_tokens):
+    options = [] if forward_tokens is None else ["--forward-tokens", str(forward_tokens)]
     result = launch(tiny_model_dir, tmp_path, "one-process-correct", *options)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -47,9 +47,11 @@ def test_two_processes_where_only_one_has_correct_rollouts_complete(tiny_model_d
 
 @pytest.mark.slow
 @pytest.mark.parametrize("distillation", ["kd", "iw"])
-def test_uneven_chunk_counts_finish_with_identical_parameters(tiny_model_dir, tmp_path, distillation):
-    # Shared prefix, 150 tokens per chunk: process 0 plans 1 chunk; process 1 plans 4 (IW) or none (KD)
-    result = launch(tiny_model_dir, tmp_path, "uneven-chunks", "--distillation", distillation, "--chunk-tokens", "150")
+def test_uneven_forward_counts_finish_with_identical_parameters(tiny_model_dir, tmp_path, distillation):
+    # Shared prefix, 150 tokens per forward: process 0 plans 1 forward; process 1 plans 4 (IW) or none (KD)
+    result = launch(
+        tiny_model_dir, tmp_path, "uneven-forwards", "--distillation", distillation, "--forward-tokens", "150"
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = rank_results(tmp_path)
     assert ranks[0]["parameters"] == ranks[1]["parameters"]

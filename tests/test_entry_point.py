@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from depo_trl import ARMS, arm_for
 from depo_trl.model_utils import load_tokenizer
-from depo_trl.scripts.depo import main, parse_recipe
+from depo_trl.scripts.depo import main
+from depo_trl.scripts.recipe import parse_recipe
 from depo_trl.scripts.vllm_server import main as vllm_server_main
 from depo_trl.toy.world import build_toy_tokenizer, generate_rows
 

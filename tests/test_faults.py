@@ -14,12 +14,14 @@ import torch
 from datasets import DatasetDict, load_from_disk
 from safetensors.torch import load_file, save_file
 
+from depo_trl.checkpoints import checkpoint_problems, last_complete_checkpoint
 from depo_trl.data.build import main as build_main
 from depo_trl.evaluation import runner
 from depo_trl.evaluation.__main__ import main as evaluation_main
 from depo_trl.evaluation.judge import JudgeCache
 from depo_trl.models.tiny import build_word_level_tokenizer
-from depo_trl.scripts.depo import checkpoint_problems, last_complete_checkpoint, main, parse_recipe
+from depo_trl.scripts.depo import main
+from depo_trl.scripts.recipe import parse_recipe
 
 from .helpers import ROOT, run_environment
 

@@ -1,4 +1,4 @@
-"""The long-context pass at bounded cost: shared long prompts and chunks give the naive pass's gradients."""
+"""The long-context pass at bounded cost: shared long prompts and forwards give the naive pass's gradients."""
 
 import functools
 import random
@@ -9,19 +9,17 @@ from datasets import Dataset
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from depo_trl.distillation import PassPlan, long_pass
-from depo_trl.distillation.long_pass import uses_layer_checkpointing
-from depo_trl.long_context import (
+from depo_trl.distillation import PassPlan
+from depo_trl.distillation.long_pass import (
     SHARED_PREFIX_KWARG,
-    causal_band_mask,
-    chunk_tokens,
-    one_prompt_budget,
-    pack_shared_row,
-    plan_long_pass,
-    shared_prefix_attention,
-    shared_row_tokens,
-    without_layer_checkpointing,
+    pack_row,
+    packed_row_tokens,
+    runner,
+    uses_layer_checkpointing,
 )
+from depo_trl.distillation.long_pass.attention import causal_band_mask, shared_prefix_attention
+from depo_trl.distillation.long_pass.checkpointing import without_layer_checkpointing
+from depo_trl.distillation.long_pass.plan import forward_tokens, one_prompt_forward_tokens, plan_forwards
 from depo_trl.losses import distillation_mask
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.models.tiny import build_tiny_qwen2
@@ -35,7 +33,7 @@ COMPLETION_LENGTHS = [3, 4, 2, 5, 1, 6]
 
 
 def test_plan_by_hand():
-    plan = functools.partial(plan_long_pass, KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS)
+    plan = functools.partial(plan_forwards, KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS)
     assert plan(None, share_prefix=False) == [[[0], [1], [2], [3], [4], [5]]]
     # Shared: a forward is one packed row of prompt groups, here all three
     assert plan(None, share_prefix=True) == [[[0, 2, 3], [1, 5], [4]]]
@@ -46,16 +44,16 @@ def test_plan_by_hand():
     assert plan(40, share_prefix=True) == [[[0, 2, 3]], [[1, 5], [4]]]
     # Naive, 40 tokens: rows are padded to the widest prompt plus the longest completion (6)
     assert plan(40, share_prefix=False) == [[[0]], [[1]], [[2], [3]], [[4]], [[5]]]
-    assert shared_row_tokens(10, [3, 2]) == 16
+    assert packed_row_tokens(10, [3, 2]) == 16
 
 
-def test_one_prompt_budget_for_devices_without_a_memory_reading():
+def test_one_prompt_forward_tokens_for_devices_without_a_memory_reading():
     # Shared rows: a = 10 + (3 + 2 + 5) + 2 = 22, b = 20 + (4 + 6) + 1 = 31, c = 5 + 1 = 6; the largest is b's
-    assert one_prompt_budget(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, share_prefix=True) == 31
-    plan = plan_long_pass(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, 31, share_prefix=True)
+    assert one_prompt_forward_tokens(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, share_prefix=True) == 31
+    plan = plan_forwards(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, 31, share_prefix=True)
     assert plan == [[[0, 2, 3]], [[1, 5]], [[4]]]  # one prompt per forward, not the whole window in one
     # Padded batches of one prompt's rollouts, to the longest completion (6): a = 3 x 16, b = 2 x 26, c = 1 x 26
-    assert one_prompt_budget(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, share_prefix=False) == 52
+    assert one_prompt_forward_tokens(KEYS, PROMPT_LENGTHS, COMPLETION_LENGTHS, share_prefix=False) == 52
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -66,26 +64,26 @@ def test_plan_respects_the_token_budget_and_keeps_every_rollout_once(share_prefi
     prompt_length = {key: rng.randint(5, 40) for key in "abcdef"}
     prompts = [prompt_length[key] for key in keys]
     completions = [rng.randint(0, 12) for _ in keys]
-    chunks = plan_long_pass(keys, prompts, completions, budget, share_prefix)
-    assert sorted(r for chunk in chunks for row in chunk for r in row) == list(range(len(keys)))
+    forwards = plan_forwards(keys, prompts, completions, budget, share_prefix)
+    assert sorted(r for forward in forwards for row in forward for r in row) == list(range(len(keys)))
     width = max(completions)
-    for chunk in chunks:
+    for forward in forwards:
         if share_prefix:  # one forward, one packed row of groups, each of one prompt
-            assert all(len({keys[r] for r in group}) == 1 for group in chunk)
-            cost = sum(shared_row_tokens(prompts[group[0]], [completions[r] for r in group]) for group in chunk)
-            alone = shared_row_tokens(prompts[chunk[0][0]], [completions[chunk[0][0]]])
+            assert all(len({keys[r] for r in group}) == 1 for group in forward)
+            cost = sum(packed_row_tokens(prompts[group[0]], [completions[r] for r in group]) for group in forward)
+            alone = packed_row_tokens(prompts[forward[0][0]], [completions[forward[0][0]]])
         else:
-            assert all(len(row) == 1 for row in chunk)
-            cost = len(chunk) * (max(prompts[row[0]] for row in chunk) + width)
-            alone = prompts[chunk[0][0]] + width
-        assert cost == chunk_tokens(chunk, prompts, completions, share_prefix)
-        assert cost <= budget or (len(chunk) == 1 and len(chunk[0]) == 1 and alone > budget)
+            assert all(len(row) == 1 for row in forward)
+            cost = len(forward) * (max(prompts[row[0]] for row in forward) + width)
+            alone = prompts[forward[0][0]] + width
+        assert cost == forward_tokens(forward, prompts, completions, share_prefix)
+        assert cost <= budget or (len(forward) == 1 and len(forward[0]) == 1 and alone > budget)
 
 
 def test_shared_row_by_hand():
     first = (torch.tensor([7, 8, 9]), [(0, torch.tensor([1, 2])), (3, torch.tensor([5]))])
     second = (torch.tensor([6, 4]), [(1, torch.tensor([8]))])
-    row = pack_shared_row([first, second])
+    row = pack_row([first, second])
     # [7, 8 | 9, 1, 2 | 9, 5 || 6 | 4, 8]: the last prompt token opens each segment, whose positions continue its
     # prompt's prefix; the second prompt's positions start again at 0
     assert row.input_ids.tolist() == [[7, 8, 9, 1, 2, 9, 5, 6, 4, 8]]
@@ -105,7 +103,7 @@ def test_shared_row_is_built_on_the_device_of_its_inputs():
     """Completions live on the accelerator in training: the row is packed there, with no host tensor mixed in
     (the meta device stands in for a GPU)."""
     prompt = torch.arange(100, 109, device="meta")
-    row = pack_shared_row([(prompt, [(0, torch.arange(4, device="meta")), (1, torch.arange(2, device="meta"))])])
+    row = pack_row([(prompt, [(0, torch.arange(4, device="meta")), (1, torch.arange(2, device="meta"))])])
     for tensor in (row.input_ids, row.position_ids, row.labels, row.position, row.layout.groups[0].segment_index):
         assert tensor.device.type == "meta"
     assert row.input_ids.shape == (1, 8 + 5 + 3)
@@ -157,7 +155,7 @@ def test_shared_prefix_attention_equals_attention_over_the_naive_sequences(windo
         (torch.arange(100, 109), [(0, torch.arange(5)), (1, torch.arange(2)), (2, torch.arange(4))]),
         (torch.arange(50, 56), [(3, torch.arange(3)), (4, torch.arange(6))]),
     ]
-    row = pack_shared_row(groups)
+    row = pack_row(groups)
     length = row.input_ids.shape[1]
     query, key, value = (torch.randn(1, 2, length, 8) for _ in range(3))
     if implementation == "sdpa":
@@ -204,13 +202,13 @@ NO_MEMORY = {"distillation_memory_fraction": 1e-12}
     "variant",
     [
         {"share_long_prefix": True},
-        {"share_long_prefix": False, "distillation_chunk_tokens": 200, **NO_MEMORY},
-        {"share_long_prefix": True, "distillation_chunk_tokens": 60},
-        {"share_long_prefix": True, "distillation_chunk_tokens": 60, **NO_MEMORY},
+        {"share_long_prefix": False, "distillation_forward_tokens": 200, **NO_MEMORY},
+        {"share_long_prefix": True, "distillation_forward_tokens": 60},
+        {"share_long_prefix": True, "distillation_forward_tokens": 60, **NO_MEMORY},
         {"share_long_prefix": True, "layer_checkpointing": True},
         {"share_long_prefix": True, "layer_checkpointing": True, "plan": "held"},
-        {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True, "plan": "held"},
-        {"share_long_prefix": True, "distillation_chunk_tokens": 60, "layer_checkpointing": True, **NO_MEMORY},
+        {"share_long_prefix": True, "distillation_forward_tokens": 60, "layer_checkpointing": True, "plan": "held"},
+        {"share_long_prefix": True, "distillation_forward_tokens": 60, "layer_checkpointing": True, **NO_MEMORY},
     ],
     ids=[
         "shared",
@@ -223,7 +221,7 @@ NO_MEMORY = {"distillation_memory_fraction": 1e-12}
         "shared+split+checkpointing-recomputed",
     ],
 )
-def test_shared_and_chunked_long_pass_match_the_naive_gradient(
+def test_shared_and_split_long_pass_match_the_naive_gradient(
     tiny_model_dir, tmp_path, monkeypatch, distillation, level, variant
 ):
     """Prompt-side padding (two long-prompt lengths) and completion-side padding (completions cut short); forwards
@@ -239,14 +237,14 @@ def test_shared_and_chunked_long_pass_match_the_naive_gradient(
     settings = dict(variant)
     layer_checkpointing = settings.pop("layer_checkpointing", False)
     if settings.pop("plan", None) == "held":  # held under the layer checkpoints (memory to spare would turn them off)
-        monkeypatch.setattr(long_pass, "plan_pass", lambda *args: PassPlan.HELD)
+        monkeypatch.setattr(runner, "plan_pass", lambda *args: PassPlan.HELD)
     other = make_trainer(tiny_model_dir, dataset, tmp_path / "other", **common, **settings)
     other.model.train()
     if layer_checkpointing:
         enable_layer_checkpointing(other.model)
     gradients = accumulated_gradients(other, [dict(batch)])
     assert reference.keys() == gradients.keys()
-    # float32: the packed and chunked passes sum the same terms in another order
+    # float32: the packed and split passes sum the same terms in another order
     for name, grad in reference.items():
         torch.testing.assert_close(gradients[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 

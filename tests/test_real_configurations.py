@@ -18,6 +18,7 @@ from depo_trl.evaluation.runner import EvalSettings
 from depo_trl.evaluation.tasks import truncate_middle
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.models.tiny import build_tiny_qwen2
+from depo_trl.rollout_context import rollout_rows
 
 from .helpers import NUM_GENERATIONS, accumulated_gradients, generation_batch, make_rows, make_trainer
 
@@ -257,13 +258,10 @@ def test_iw_term_applies_trl_off_policy_mask(tiny_model_dir, tiny_dataset, tmp_p
         torch.testing.assert_close(masked_long_term[name], gradient, rtol=1e-4, atol=1e-7)
 
 
-def test_mixed_arm_evaluates_on_the_short_prompt(tiny_model_dir, tiny_dataset, tmp_path):
-    trainer = make_trainer(tiny_model_dir, tiny_dataset, tmp_path, rollout_context="mixed", distillation="none")
+def test_mixed_arm_evaluates_on_the_short_prompt(tiny_dataset):
     rows = [row for row in tiny_dataset for _ in range(NUM_GENERATIONS)]
-    trainer.model.eval()
-    assert trainer._rollout_inputs(rows) is rows
-    trainer.model.train()
-    flipped = trainer._rollout_inputs(rows)
+    assert rollout_rows(rows, "mixed", training=False, seed=0, step=0) is rows
+    flipped = rollout_rows(rows, "mixed", training=True, seed=0, step=0)
     assert any(rollout["prompt"] == row["long_prompt"] for rollout, row in zip(flipped, rows))
 
 

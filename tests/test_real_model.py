@@ -13,7 +13,7 @@ from depo_trl.evaluation.__main__ import main as evaluation_main
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.models import smollm2
 from depo_trl.scripts.depo import main as train_main
-from depo_trl.scripts.depo import parse_recipe
+from depo_trl.scripts.recipe import parse_recipe
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,13 +81,13 @@ def test_two_depo_steps_then_a_greedy_evaluation(smollm2_dir, built_data, tmp_pa
         *parse_recipe(
             ["--config", recipe, "--model_name_or_path", smollm2_dir, "--dataset_name", built_data,
              "--output_dir", str(run), "--max_steps", "2", "--max_long_prompt_length", str(LONG_BUDGET),
-             "--distillation_chunk_tokens", "1100", "--num_generations", "2", "--per_device_train_batch_size", "4",
+             "--distillation_forward_tokens", "1100", "--num_generations", "2", "--per_device_train_batch_size", "4",
              "--max_completion_length", "16"]
         )
     )  # fmt: skip
     steps = [log for log in trainer.state.log_history if "loss" in log]
     assert len(steps) == 2 and all("depo/kd_fraction" in log and log["depo/long_prompt_tokens"] > 0 for log in steps)
-    assert trainer.args.distillation_chunk_tokens == 1100
+    assert trainer.args.distillation_forward_tokens == 1100
 
     evaluation_main(
         ["--model", str(run), "--tasks", "longbench_hotpotqa", "--backend", "hf", "--limit", "3",

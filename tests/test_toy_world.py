@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.scripts.depo import main as train_main
-from depo_trl.scripts.depo import parse_recipe
+from depo_trl.scripts.recipe import parse_recipe
 from depo_trl.toy.comparison import comparison_table, mean_interval, point_at
 from depo_trl.toy.training import ToySettings, evaluate, train_arm
 from depo_trl.toy.warm_start import SHIPPED_WARM_START, WarmStartSettings, read_record

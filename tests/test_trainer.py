@@ -12,7 +12,7 @@ from trl.trainer.utils import pad, shuffle_sequence_dict, split_tensor_dict
 from depo_trl import ARMS
 from depo_trl.losses import conditional_kd_loss, kd_token_weights
 from depo_trl.model_utils import load_tokenizer
-from depo_trl.trainer import mixed_rollout_uses_long_prompt
+from depo_trl.rollout_context import mixed_rollout_uses_long_prompt
 
 from .helpers import NUM_GENERATIONS, accumulated_gradients, generation_batch, make_rows, make_trainer
 
@@ -171,7 +171,7 @@ def test_overlong_rows_are_dropped_with_one_warning(tiny_model_dir, tmp_path, ca
     assert trainer.train_dataset["id"] == [row["id"] for row in rows[:4]]
     warnings = [record.message for record in caplog.records if "max_long_prompt_length" in record.message]
     assert warnings == [f"Dropped 4 of 8 train rows whose long prompt exceeds max_long_prompt_length={limit} tokens."]
-    with pytest.raises(ValueError, match="Every train row"):
+    with pytest.raises(ValueError, match="every train row has a longer long prompt"):
         make_trainer(tiny_model_dir, dataset, tmp_path, max_long_prompt_length=min(lengths) - 1)
 
 

@@ -7,8 +7,7 @@ A new variant is one file here with a [`Distillation`] subclass, and one line in
 from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch, Rollouts, Window, WindowRecord
 from .iw import IWDistillation
 from .kd import KDDistillation
-from .long_pass import LongPass
-from .memory import LongPassMemory, PassPlan, available_memory, forward_size, holds, plan_pass
+from .long_pass import LongPass, LongPassMemory, PassPlan, available_memory, forward_size, holds, plan_pass
 
 
 DISTILLATIONS: dict[str, type[Distillation]] = {term.name: term for term in (KDDistillation, IWDistillation)}

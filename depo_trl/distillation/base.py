@@ -3,14 +3,16 @@ window's pass. A variant (`kd.py`, `iw.py`) says which rollouts enter the pass, 
 forward's log-probabilities make, and what it logs."""
 
 import functools
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..losses import IWLevel, IWReduction
+from ..user_errors import UsageError
 from .long_pass import LongPass
 
 
@@ -27,6 +29,15 @@ class Rollouts:
     completion_mask: torch.Tensor  # (B, T)
     loss_mask: torch.Tensor  # completion tokens that carry a loss (tool-output tokens excluded)
 
+    @classmethod
+    def from_generation_output(cls, output: dict[str, Any], long_prompt_ids: list[torch.Tensor]) -> "Rollouts":
+        """The rollouts of TRL's `_generate_and_score_completions` output, with their long prompts' ids. A loss mask
+        leaves out tool-output tokens, as TRL's proxy loss does."""
+        loss_mask = output["completion_mask"]
+        if "tool_mask" in output:
+            loss_mask = loss_mask * output["tool_mask"]
+        return cls(long_prompt_ids, output["completion_ids"], output["completion_mask"], loss_mask)
+
     @functools.cached_property
     def completion_lengths(self) -> list[int]:
         """Tokens of each completion (masks are prefix-contiguous: the tokens up to EOS)."""
@@ -41,6 +52,24 @@ class Rollouts:
             if id(ids) not in keys_by_tensor:
                 keys_by_tensor[id(ids)] = tuple(ids.tolist())
         return [keys_by_tensor[id(ids)] for ids in self.long_prompt_ids]
+
+
+def tokenize_long_prompts(
+    long_prompts: Sequence, tokenize: Callable[[list], list[list[int]]], device: torch.device, each_on_its_own: bool
+) -> list[torch.Tensor]:
+    """Each rollout's long prompt as token ids (`tokenize`: TRL's `_tokenize_prompts`, the chat template of the short
+    prompt). A prompt's rollouts share one tensor, rendered and tokenized once: a generation batch repeats each prompt
+    `num_generations` times, and at the recipes' 15K tokens the tokenization is not free. `each_on_its_own`: each
+    rollout is rendered differently (TRL's `environment_factory` renders it with its environment's tools)."""
+    if each_on_its_own:
+        return [torch.tensor(ids, device=device) for ids in tokenize(list(long_prompts))]
+    keys = [json.dumps(prompt, sort_keys=True, default=str) for prompt in long_prompts]
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
+    token_ids = tokenize([long_prompts[index] for index in first.values()])
+    tensors = {key: torch.tensor(ids, device=device) for key, ids in zip(first, token_ids)}
+    return [tensors[key] for key in keys]
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,17 @@ class Distillation(ABC):
         self.rollouts = rollouts
 
     @classmethod
+    def check_config(cls, args: "DePOConfig") -> None:
+        """Raise a [`~depo_trl.user_errors.UsageError`] when `args` has settings this variant cannot use; called by
+        `DePOConfig.__post_init__` for the configured variant. A variant with settings of its own extends it."""
+        steps, accumulation = args.steps_per_generation, args.gradient_accumulation_steps
+        if steps % accumulation and accumulation % steps:
+            raise UsageError(
+                f"The long-context pass runs once per optimizer window of a generation batch, so one of "
+                f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
+            )
+
+    @classmethod
     @abstractmethod
     def from_generation_batch(cls, rollouts: Rollouts, batch: GenerationBatch) -> "Distillation":
         """The term of a freshly generated batch."""
@@ -150,9 +190,11 @@ class Distillation(ABC):
     def logp_gap_mask(self, record: WindowRecord, rows: torch.Tensor) -> torch.Tensor:
         """The tokens of `rows` over which `depo/logp_gap` (short minus long log-probability) is measured."""
 
-    def run_window(self, model, long_pass: LongPass, window: Window, accumulation: Accumulation) -> torch.Tensor:
+    def run_window(
+        self, model, long_pass: LongPass, window: Window, accumulation: Accumulation
+    ) -> tuple[torch.Tensor, WindowRecord]:
         """The window's pass: the loss whose gradient is the term's over the window (and, for a term whose value the
-        pass knows, its value), and the window's record, left on `window` for its micro-batches."""
+        pass knows, its value), and the window's record, which the window's micro-batches read."""
         rows = torch.cat(window.rollouts_per_micro_batch)
         size = self.rollouts.loss_mask.shape
         weights = torch.zeros(size, dtype=torch.float32, device=rows.device)
@@ -165,5 +207,4 @@ class Distillation(ABC):
             in_pass.nonzero().squeeze(-1),
             lambda forward_rows, logps: self.forward_loss(forward_rows, logps, weights[forward_rows]),
         )
-        window.record = WindowRecord(weights=weights, long_logps=long_logps, in_pass=in_pass)
-        return loss
+        return loss, WindowRecord(weights=weights, long_logps=long_logps, in_pass=in_pass)

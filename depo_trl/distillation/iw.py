@@ -4,12 +4,14 @@ import torch
 from trl import GRPOTrainer
 
 from ..losses import (
+    IW_REDUCTIONS,
     accumulated_token_normalizer,
     importance_clip_mask,
     importance_log_weights,
     importance_weighted_loss,
     iw_token_weights,
 )
+from ..user_errors import UsageError
 from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch, Rollouts, WindowRecord
 
 
@@ -40,6 +42,16 @@ class IWDistillation(Distillation):
         self.correction = correction  # (B, T) or (B, 1), or None
         self.tokens_in_batch = tokens_in_batch  # loss tokens, all processes (the DAPO normaliser)
         self.objective = objective
+
+    @classmethod
+    def check_config(cls, args) -> None:
+        """The term follows the proxy's token normalisation, which is defined for the losses of `IW_REDUCTIONS`."""
+        super().check_config(args)
+        if args.loss_type not in IW_REDUCTIONS:
+            raise UsageError(
+                f"distillation='iw' follows the proxy's token normalisation, which is defined for loss_type in "
+                f"{IW_REDUCTIONS}; got loss_type={args.loss_type!r}."
+            )
 
     @classmethod
     def from_generation_batch(cls, rollouts: Rollouts, batch: GenerationBatch) -> "IWDistillation":

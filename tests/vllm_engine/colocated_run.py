@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from vllm import SamplingParams
 
-from depo_trl.scripts.depo import main, parse_recipe
+from depo_trl.scripts.depo import main
+from depo_trl.scripts.recipe import parse_recipe
 from depo_trl.vllm_worker import reload_trained_weights
 from tests.helpers import step_logs
 from tests.vllm_engine.scoring import hf_log_probs, reference_sequence

@@ -34,7 +34,7 @@ TRAINING_ARGUMENTS = [
     "--reward_funcs", "tests.helpers.alternating_reward",
     "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e-4",
     "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "16",
-    "--max_long_prompt_length", "768", "--distillation_chunk_tokens", "900",
+    "--max_long_prompt_length", "768", "--distillation_forward_tokens", "900",
 ]  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 """The long pass: completion log-probabilities under the long prompts for a window's rollouts, whatever the variant.
 
-The rollouts are planned into forwards (`depo_trl.long_context.plan_long_pass`: packed rows sharing each long prompt,
-or padded batches without sharing) of the size the memory model gives (`memory.py`), which also decides how they run
-(`memory.plan_pass`). Every process runs as many forwards and runs them alike, since under ZeRO-3 or FSDP each forward
+The rollouts are planned into forwards (`plan.py`: packed rows sharing each long prompt, `packed_row.py`, or padded
+batches without sharing) of the size the memory model gives (`memory.py`), which also decides how they run
+(`memory.plan_pass`, with `checkpointing.py`). Every process runs as many forwards and runs them alike, since under ZeRO-3 or FSDP each forward
 (and each recomputation) gathers parameters collectively.
 """
 
@@ -12,40 +12,19 @@ from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 from trl.trainer.utils import pad
 
-from ..long_context import (
-    checkpointed_forward,
-    chunk_tokens,
-    one_prompt_budget,
-    pack_shared_row,
-    plan_long_pass,
-    shared_row_log_probs,
-    shared_row_tokens,
-    without_layer_checkpointing,
-)
+from .checkpointing import backbone, checkpointed_forward, uses_layer_checkpointing, without_layer_checkpointing
 from .memory import LongPassMemory, PassPlan, available_memory, forward_size, plan_pass
+from .packed_row import pack_row, packed_row_log_probs
+from .plan import forward_tokens, one_prompt_forward_tokens, packed_row_tokens, plan_forwards
 
 
 logger = logging.get_logger(__name__)
 
 # `(model, input_ids, attention_mask, logits_to_keep)` -> completion log-probs `(rows, logits_to_keep)`: TRL's helper
 NaiveLogProbs = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
-def _backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack under the LM head (through a PEFT wrapper)."""
-    return (model.get_base_model() if hasattr(model, "get_base_model") else model).base_model
-
-
-def uses_layer_checkpointing(model: torch.nn.Module) -> bool:
-    """Whether every decoder layer runs under gradient checkpointing (enabled by `Trainer.train()`). With
-    `gradient_checkpointing_kwargs={"every_n_layers": n > 1}` the other layers keep their activations: the memory
-    model then counts the model as not checkpointed (more memory per token than it keeps)."""
-    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
-    return bool(layers) and all(layer.gradient_checkpointing for layer in layers)
 
 
 class LongPass:
@@ -57,7 +36,7 @@ class LongPass:
         naive_log_probs: TRL's log-prob helper, for the pass without sharing.
         pad_token_id: left padding of long prompts without sharing.
         share_prefix: pack each prompt's rollouts into one row (`depo_trl.long_context`).
-        requested_tokens: `distillation_chunk_tokens`; None: the memory model's.
+        requested_tokens: `distillation_forward_tokens`; None: the memory model's.
         memory_fraction: share of the free memory the pass may fill.
         rollouts_per_prompt: `num_generations`, for the memory model.
     """
@@ -102,9 +81,9 @@ class LongPass:
         size, memory, available = self._forward_size(
             unwrapped, layer_checkpointing, keys, prompt_lengths, completion_lengths
         )
-        forwards = plan_long_pass(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
+        forwards = plan_forwards(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
         held = sum(
-            chunk_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in forwards
+            forward_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in forwards
         )
         # Every process runs the agreed number of forwards (the extra ones are one rollout with no weight), and runs
         # them alike: as what the busiest process plans fits
@@ -142,12 +121,12 @@ class LongPass:
         and the usable bytes, from values agreed across processes (the largest window, group and smallest forward;
         the least memory). Without a memory reading (devices other than CUDA and CPU): the requested size, or one
         prompt with its rollouts, and no memory model."""
-        window = plan_long_pass(keys, prompt_lengths, completion_lengths, None, self.share_prefix)
-        window_tokens = sum(chunk_tokens(f, prompt_lengths, completion_lengths, self.share_prefix) for f in window)
-        largest_group = one_prompt_budget(keys, prompt_lengths, completion_lengths, self.share_prefix)
+        window = plan_forwards(keys, prompt_lengths, completion_lengths, None, self.share_prefix)
+        window_tokens = sum(forward_tokens(f, prompt_lengths, completion_lengths, self.share_prefix) for f in window)
+        largest_group = one_prompt_forward_tokens(keys, prompt_lengths, completion_lengths, self.share_prefix)
         smallest = max(
             (
-                shared_row_tokens(p, [c]) if self.share_prefix else p + max(completion_lengths)
+                packed_row_tokens(p, [c]) if self.share_prefix else p + max(completion_lengths)
                 for p, c in zip(prompt_lengths, completion_lengths)
             ),
             default=0,
@@ -202,14 +181,14 @@ class LongPass:
                 "gradient"
             )
         logger.warning(
-            f"Long pass: {forwards}, {what} (memory model: {model}; distillation_chunk_tokens and "
+            f"Long pass: {forwards}, {what} (memory model: {model}; distillation_forward_tokens and "
             "distillation_memory_fraction set it)."
         )
 
     def _forward(self, model, unwrapped, rollouts, groups: list[list[int]], recompute: bool) -> torch.Tensor:
         """Completion-token log-probs `(rollouts, T)` of `groups` (each a prompt's rollouts), in their order. With
         `recompute`, the backbone's activations are recomputed during the backward instead of kept."""
-        with checkpointed_forward(_backbone(unwrapped)) if recompute else nullcontext():
+        with checkpointed_forward(backbone(unwrapped)) if recompute else nullcontext():
             if not self.share_prefix:
                 return self._padded_forward(model, rollouts, [r for group in groups for r in group])
             return self._packed_forward(model, unwrapped.config.get_text_config(), rollouts, groups)
@@ -228,7 +207,7 @@ class LongPass:
 
     def _packed_forward(self, model, config, rollouts, groups: list[list[int]]) -> torch.Tensor:
         lengths = rollouts.completion_lengths
-        packed = pack_shared_row(
+        packed = pack_row(
             [
                 (
                     rollouts.long_prompt_ids[group[0]],
@@ -240,7 +219,7 @@ class LongPass:
         # MoE: the load-balancing loss would read the attention mask, here a placeholder, and is not used
         router = {"output_router_logits": False} if getattr(config, "output_router_logits", False) else {}
         with self.accelerator.autocast():
-            log_probs = shared_row_log_probs(model, packed, config.num_hidden_layers, **router)
+            log_probs = packed_row_log_probs(model, packed, config.num_hidden_layers, **router)
         order = [r for group in groups for r in group]
         position_of = {rollout: position for position, rollout in enumerate(order)}
         logps = log_probs.new_zeros((len(order), rollouts.completion_ids.size(1)))
