@@ -4,9 +4,10 @@
         --max-length 32768 --output-dir eval
 """
 
-from .runner import EvalSettings, evaluate_model, parse_tasks, results_table, run
+from .report import results_table, write_results
+from .runner import EvalSettings, evaluate_model, run
 from .scoring import SCORING_MODES, Score, ScoringRules
-from .tasks import ALL_TASKS, TASKS, EvalExample, EvalTask, PromptFormat, get_task, truncate_middle
+from .tasks import ALL_TASKS, TASKS, EvalExample, EvalTask, PromptFormat, get_task, parse_tasks, truncate_middle
 
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "results_table",
     "run",
     "truncate_middle",
+    "write_results",
 ]

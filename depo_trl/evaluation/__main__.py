@@ -8,9 +8,9 @@ from ..user_errors import (
     require_folder,
     writable_folder,
 )
-from .runner import EvalSettings, parse_tasks, run
+from .runner import EvalSettings, run
 from .scoring import SCORING_MODES
-from .tasks import PROMPT_STYLES
+from .tasks import PROMPT_STYLES, parse_tasks
 
 
 @reports_usage_errors("python -m depo_trl.evaluation")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="Benchmark files: LongBench's (hotpotqa.jsonl, ...), dev sets, docmath/, frames.jsonl, longbench_v2.json.",
+        help="The benchmark files (docs/evaluation.md lists them; python -m depo_trl.evaluation.fetch fetches them).",
     )
     parser.add_argument(
         "--prompt-style",
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         "--max-new-tokens",
         type=positive_int,
         default=None,
-        help="Default: the task's own: 1024 in the template (depo), LongBench's for its prompts, 128 for LongBench v2.",
+        help="Default: the task's own: 1024 in the template (depo), LongBench's for its prompts, 128 for LongBench "
+        "v2.",
     )
     parser.add_argument("--batch-size", type=positive_int, default=8, help="hf backend batch size.")
     args = parser.parse_args(argv)

@@ -7,9 +7,10 @@ sampling latency per length, and a pairwise judge of the answers' linguistic qua
 
 Each question's context at each length is built by the training data's builder (gold paragraphs, then the question's
 own hard negatives, then other questions' paragraphs, up to the length in tokens of the rendered chat prompt), asked
-in the training template, answered greedily and scored in the lenient reading (`scoring.template_lenient`). Latency is the wall time of one generate call per question (batch
-size 1: the prefill and decoding of one answer), averaged over the questions; one untimed call warms the backend up
-first. The judge (`depo_trl.evaluation.judge`) compares each question's answers at every pair of lengths.
+in the training template, answered greedily and scored in the lenient reading (`scoring.template_lenient`). Latency
+is the wall time of one generate call per question (batch size 1: the prefill and decoding of one answer), averaged
+over the questions; one untimed call warms the backend up first. The judge (`depo_trl.evaluation.judge`) compares
+each question's answers at every pair of lengths.
 
 Per model, under `<output-dir>/<model>/`: `context_study/<tokens>.jsonl` (every answer: `id, prompt_tokens, raw,
 pred, answers, f1, em, latency_s`), `context_study.json` (F1, EM and latency by length, the judge's win-rate matrix
@@ -44,9 +45,11 @@ from ..user_errors import (
 from .backends import make_backend
 from .files import append_rows, write_json
 from .judge import API_KEY_VARIABLES, CRITERIA, JudgeCache, JudgeClient, compare_lengths
-from .runner import merge_scores, model_folder_name, read_predictions, write_results
+from .report import merge_scores, model_folder_name, write_results
+from .runner import read_predictions
 from .scoring import template_lenient
-from .tasks import TEMPLATE_MAX_NEW_TOKENS, moderate_examples
+from .tasks import TEMPLATE_MAX_NEW_TOKENS
+from .tasks.multihop_qa import moderate_examples
 
 
 DEFAULT_LENGTHS = "1k,2k,4k,8k,16k,32k"
@@ -74,7 +77,8 @@ def length_label(tokens: int) -> str:
 
 
 def musique_examples(input_path: str | None, data_dir: str | None) -> list[QAExample]:
-    """Answerable MuSiQue questions from `--input` (MuSiQue's JSON-lines file) or `--data-dir` (`musique_dev.jsonl`)."""
+    """Answerable MuSiQue questions from `--input` (MuSiQue's JSON-lines file), or `--data-dir` as the `musique` task
+    reads it."""
     if input_path is None:
         return moderate_examples("musique", data_dir)
     examples, _ = adapt_numbered("musique", numbered_records(input_path, argument="--input"), f"--input {input_path}")

@@ -4,7 +4,8 @@ half-written that a later run trusts.
 Caches (predictions, context-study answers, judge replies) are JSON-lines files that only grow: rows are appended,
 flushed and synced to disk, so a kill can cut short only the last line. Reading drops such a line (and cuts it from
 the file, so that the next row starts on a line of its own), with a warning; its item is computed again. Files a run
-rewrites whole (`scores.json`, `results.md`) are written beside their place and renamed into it.
+rewrites whole (`scores.json`, `results.md`, the benchmark files `python -m depo_trl.evaluation.fetch` writes) are
+written beside their place and renamed into it.
 """
 
 import json
@@ -57,20 +58,29 @@ def append_rows(path: str, rows: Sequence[dict]) -> None:
         os.fsync(handle.fileno())
 
 
-def write_whole(path: str, write: Callable[[TextIO], Any]) -> None:
-    """Write `path` through `write(handle)` into `<path>.tmp`, then rename it to `path`: a kill or a failure in the
-    middle leaves the previous file as it was."""
+def write_file(path: str, write: Callable[[str], Any]) -> None:
+    """Write `path` through `write(temporary_path)` into `<path>.tmp`, then rename it to `path`: a kill or a failure in
+    the middle leaves the previous file (or none) under `path`, never half of one."""
     temporary = f"{path}.tmp"
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(temporary)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
     os.replace(temporary, path)
+
+
+def write_whole(path: str, write: Callable[[TextIO], Any]) -> None:
+    """Write `path` through `write(handle)`, synced to disk, whole or not at all (see [`write_file`])."""
+
+    def write_synced(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    write_file(path, write_synced)
 
 
 def write_json(path: str, value: Any, **options: Any) -> None:

@@ -3,8 +3,9 @@ text of the Wikipedia articles each question links to, which are the context the
 
     python -m depo_trl.evaluation.frames --output data/eval/frames.jsonl
 
-Run it once where the Hub and Wikipedia are reachable; the evaluation then reads the file offline. An article that
-cannot be fetched is left out of its question's context, and the command says how many were.
+Run it once where the Hub and Wikipedia are reachable (`python -m depo_trl.evaluation.fetch --tasks frames` runs it
+too); the evaluation then reads the file offline. An article that cannot be fetched is left out of its question's
+context, and the command says how many were. The file appears under its name only once it is complete.
 """
 
 import ast
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data.sources import read_records
 from ..user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, writable_folder
+from .files import write_file
 
 
 FRAMES_HUB_ID = "google/frames-benchmark"
@@ -68,6 +70,32 @@ def with_articles(records: Iterable[dict], fetch: Callable[[str], Article | None
         yield {**record, "wiki_items": articles}, [title for title in titles if fetched[title] is None]
 
 
+def build_frames(path: str, source: str = FRAMES_HUB_ID, split: str = "test", limit: int | None = None) -> int:
+    """Write `frames.jsonl` at `path` from the benchmark `source` (a Hub id or a file) and Wikipedia; returns the
+    number of linked articles that could not be fetched."""
+    records = list(read_records(source, split=split, argument="--input"))[:limit]
+
+    import requests
+
+    session = requests.Session()
+    # Wikipedia asks API clients to say who they are
+    session.headers["User-Agent"] = "depo_trl-frames/0.1 (FRAMES evaluation data; python-requests)"
+    missing: set[str] = set()
+    with open(path, "w", encoding="utf-8") as handle:
+        rows = with_articles(records, lambda title: fetch_article(title, session))
+        try:
+            for row, not_found in tqdm(rows, total=len(records), desc="FRAMES articles", unit="question"):
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                missing.update(not_found)
+        except requests.RequestException as error:
+            reason = " ".join(str(error).split())[:200]
+            raise UsageError(
+                f"--input {source}: fetching the Wikipedia articles its questions link to failed ({reason}); run "
+                "where en.wikipedia.org is reachable."
+            ) from None
+    return len(missing)
+
+
 @reports_usage_errors("python -m depo_trl.evaluation.frames")
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m depo_trl.evaluation.frames", description=__doc__)
@@ -79,28 +107,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=positive_int, default=None, help="Only the first N questions.")
     args = parser.parse_args(argv)
     writable_folder("--output", os.path.dirname(args.output) or ".")
-    records = list(read_records(args.input, split=args.split, argument="--input"))[: args.limit]
-
-    import requests
-
-    session = requests.Session()
-    # Wikipedia asks API clients to say who they are
-    session.headers["User-Agent"] = "depo_trl-frames/0.1 (FRAMES evaluation data; python-requests)"
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    missing: set[str] = set()
-    with open(args.output, "w", encoding="utf-8") as handle:
-        rows = with_articles(records, lambda title: fetch_article(title, session))
-        try:
-            for row, not_found in tqdm(rows, total=len(records), desc="FRAMES articles", unit="question"):
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                missing.update(not_found)
-        except requests.RequestException as error:
-            reason = " ".join(str(error).split())[:200]
-            raise UsageError(
-                f"--output {args.output}: fetching the Wikipedia articles failed ({reason}); run where "
-                "en.wikipedia.org is reachable."
-            ) from None
-    print(f"Wrote {len(records)} questions to {args.output}; {len(missing)} linked articles could not be fetched.")
+    missing = 0
+
+    def build(path: str) -> None:
+        nonlocal missing
+        missing = build_frames(path, args.input, args.split, args.limit)
+
+    write_file(args.output, build)
+    with open(args.output, encoding="utf-8") as handle:
+        questions = sum(1 for _ in handle)
+    print(f"Wrote {questions} questions to {args.output}; {missing} linked articles could not be fetched.")
 
 
 if __name__ == "__main__":

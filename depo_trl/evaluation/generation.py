@@ -1,5 +1,5 @@
-"""Batched generation with transformers `generate` (CPU or GPU): the evaluation harness's hf backend, also used by the toy
-world."""
+"""Batched generation with transformers `generate` (CPU or GPU): the evaluation harness's hf backend, also used by the
+toy world."""
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager

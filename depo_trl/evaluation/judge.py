@@ -124,7 +124,8 @@ class JudgeClient:
                     failure = f"HTTP {response.status_code}"
                 elif not response.ok:  # a wrong model name, key or URL: retrying cannot help
                     raise UsageError(
-                        f"--judge-url {self.url}: HTTP {response.status_code} ({' '.join(response.text.split())[:200]})"
+                        f"--judge-url {self.url}: HTTP {response.status_code} "
+                        f"({' '.join(response.text.split())[:200]})"
                         f"; check --judge-url, --judge-model and the key in {' or '.join(API_KEY_VARIABLES)}."
                     )
                 else:

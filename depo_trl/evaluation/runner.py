@@ -1,7 +1,7 @@
-"""Run tasks for one or more models, score them, and write paper-style tables.
+"""Run tasks for one or more models and score their answers; `report.py` writes the tables.
 
-Layout under `--output-dir`: one folder per model with `<task>.jsonl` predictions and `scores.json`; at the top,
-`results.md` (Table 2's 10 columns and Avg., LongBench v2, RULER-QA by length) and `ruler_qa.png`.
+Layout under `--output-dir`: one folder per model (`report.model_folder_name`) with `<task>.jsonl` predictions and
+`scores.json`; at the top, `results.md` and `ruler_qa.png` (see `report.py`).
 
 A prediction row holds `id, prompt_tokens, raw, answers`, then its reading in each scoring mode (`official`,
 `lenient`; see `scoring.py`): `{pred, f1, em}` or `{pred, accuracy}`, or null where the official code leaves the
@@ -24,25 +24,19 @@ from dataclasses import dataclass
 from ..model_utils import load_tokenizer
 from ..user_errors import UsageError, hub_failure
 from .backends import make_backend
-from .files import append_rows, read_rows, write_json, write_whole
+from .files import append_rows, read_rows, write_whole
+from .report import model_folder_name, write_model_scores, write_results
 from .scoring import SCORING_MODES
-from .tasks import ALL_TASKS, PROMPT_STYLES, TASK_GROUPS, TASKS, EvalTask, get_task, truncate_middle
+from .tasks import PROMPT_STYLES, EvalTask, get_task, truncate_middle
 
 
-TABLE2_COLUMNS = TASK_GROUPS["table2"]  # in Table 2's order
 GENERATION_CHUNK = 64  # predictions are appended to disk every this many examples
-# Rows other commands put into scores.json (`{column: value}`), shown under the tables above in results.md: the
-# short-context benchmarks (`python -m depo_trl.evaluation.short_context`) and the context-length study
-# (`python -m depo_trl.evaluation.context_study`)
-EXTRA_SECTIONS = {
-    "short_context": "Short-context benchmarks (lm-evaluation-harness), accuracy x100",
-    "context_study_f1": "Context-length study (MuSiQue), F1 x100 by prompt length (lenient reading)",
-    "context_study_latency_s": "Context-length study, mean sampling latency (s per answer) by prompt length",
-}
 
 
 @dataclass
 class EvalSettings:
+    """What `python -m depo_trl.evaluation` was asked: the tasks (names, see `tasks.parse_tasks`) and its options."""
+
     tasks: list[str]
     backend: str = "hf"
     max_length: int = 32768
@@ -71,20 +65,6 @@ class EvalSettings:
     def answer_budget(self, task: str) -> int:
         """New tokens generated for `task`: `max_new_tokens`, or its prompt format's default."""
         return self.max_new_tokens or get_task(task).max_new_tokens(self.prompt_style)
-
-
-def parse_tasks(spec: str) -> list[str]:
-    """Comma-separated task names; `moderate`, `extended`, `table2`, `ruler` and `all` expand to their tasks."""
-    tasks: list[str] = []
-    for name in (part.strip() for part in spec.split(",") if part.strip()):
-        for task in ALL_TASKS if name == "all" else TASK_GROUPS.get(name, [name]):
-            if get_task(task).name not in tasks:
-                tasks.append(task)
-    return tasks
-
-
-def model_folder_name(model: str) -> str:
-    return model.rstrip("/").replace("/", "--") if not os.path.isdir(model) else os.path.basename(model.rstrip("/"))
 
 
 def scored_row(task: EvalTask, row: dict, prompt_style: str) -> dict:
@@ -177,154 +157,7 @@ def evaluate_model(model: str, settings: EvalSettings) -> dict[str, dict]:
         predictions = rescore_predictions(path, task, settings.prompt_style)
         selected = [predictions[example.id] for example in examples if example.id in predictions]
         scores[name] = task_scores(task, selected, settings)
-    scores = _with_averages({**_read_scores(folder, settings.scoring), **scores}) | {"scoring": settings.scoring}
-    write_json(os.path.join(folder, "scores.json"), scores)
-    return scores
-
-
-def _read_scores(folder: str, scoring: str) -> dict:
-    """The task entries and extra sections already in `scores.json`, the tasks' top-level numbers in `scoring`'s
-    mode (both modes are there)."""
-    path = os.path.join(folder, "scores.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as handle:
-        scores = {key: value for key, value in json.load(handle).items() if key in ALL_TASKS or key in EXTRA_SECTIONS}
-    return {
-        key: (entry | entry[scoring] | {"scoring": scoring}) if scoring in entry else entry
-        for key, entry in scores.items()
-    }
-
-
-def merge_scores(folder: str, sections: dict[str, dict[str, float]]) -> None:
-    """Put `EXTRA_SECTIONS` rows (`{column: value}`) into the model folder's `scores.json`: the columns given
-    replace their old values, everything else is kept (a run of some benchmarks leaves the others' numbers)."""
-    path = os.path.join(folder, "scores.json")
-    scores = {}
-    if os.path.isfile(path):
-        with open(path) as handle:
-            scores = json.load(handle)
-    for section, columns in sections.items():
-        scores[section] = scores.get(section, {}) | columns
-    write_json(path, scores)
-
-
-def _table_value(scores: dict, task: str) -> float:
-    return scores[task][TASKS[task].metric]
-
-
-def _with_averages(scores: dict) -> dict:
-    def average(tasks):
-        values = [_table_value(scores, task) for task in tasks if task in scores]
-        return round(statistics.fmean(values), 2) if values else None
-
-    return scores | {
-        "avg_moderate": average(TASK_GROUPS["moderate"]),
-        "avg_extended": average(TASK_GROUPS["extended"]),
-        "avg": average(TABLE2_COLUMNS),  # the paper's: DocMath accuracy and nine F1s
-        "avg_ruler": average(TASK_GROUPS["ruler"]),
-    }
-
-
-def _cell(scores: dict, task: str) -> str:
-    return f"{_table_value(scores, task):.2f}" if task in scores else "-"
-
-
-def _row_label(model: str, scores: dict) -> str:
-    """The model's name, marked when its numbers are not the official scoring's."""
-    scoring = scores.get("scoring", "official")
-    return model if scoring == "official" else f"{model} ({scoring})"
-
-
-def results_table(all_scores: dict[str, dict]) -> str:
-    """Markdown: the paper's Table 2 (its 10 columns in its order and their average), then LongBench v2 and RULER-QA
-    by length when they were run (EM beside F1 in JSON), each model in the scoring mode of its last run."""
-    labels = {model: _row_label(model, scores) for model, scores in all_scores.items()}
-    table2_models = [model for model, scores in all_scores.items() if any(task in scores for task in TABLE2_COLUMNS)]
-    column_names = [TASKS[task].label for task in TABLE2_COLUMNS]
-    lines = [
-        "Scoring: each benchmark's official evaluation code (--scoring official)"
-        + (
-            "; rows marked (lenient): the project's lenient reading"
-            if any(label != model for model, label in labels.items())
-            else ""
-        )
-        + ". DocMath: accuracy x100; the other columns: F1 x100. Moderate context: "
-        + ", ".join(TASKS[task].label for task in TASK_GROUPS["moderate"])
-        + "; extended context (LongBench v1): "
-        + ", ".join(TASKS[task].label for task in TASK_GROUPS["extended"])
-        + ". Avg.: the mean of the columns.",
-        "",
-        "| Model | " + " | ".join(column_names) + " | Avg. |",
-        "|---|" + "---:|" * (len(column_names) + 1),
-    ]
-    # A model evaluated only on the other sections (e.g. the context study) gets no all-"-" Table 2 row
-    if not table2_models:
-        lines = []
-    for model in table2_models:
-        scores = all_scores[model]
-        average = f"{scores['avg']:.2f}" if scores.get("avg") is not None else "-"
-        lines.append(
-            f"| {labels[model]} | " + " | ".join(_cell(scores, t) for t in TABLE2_COLUMNS) + f" | {average} |"
-        )
-    v2 = TASKS["longbench_v2"]
-    if any(v2.name in scores for scores in all_scores.values()):
-        lines += [
-            "",
-            f"LongBench v2, accuracy x100 (sampled at temperature {v2.decoding.temperature}; unparsed count as "
-            "wrong; official scoring leaves empty outputs out, as pred.py does):",
-            "",
-            "| Model | LongBench v2 | unparsed | questions |",
-            "|---|---:|---:|---:|",
-        ]
-        for model, scores in all_scores.items():
-            if v2.name in scores:
-                row = scores[v2.name]
-                lines.append(f"| {labels[model]} | {row['accuracy']:.2f} | {row['unparsed']} | {row['count']} |")
-    ruler = TASK_GROUPS["ruler"]
-    if any(task in scores for scores in all_scores.values() for task in ruler):
-        lines += ["", "RULER-QA F1 x100 by context length:", ""]
-        lines += [
-            "| Model | " + " | ".join(TASKS[task].label for task in ruler) + " |",
-            "|---|" + "---:|" * len(ruler),
-        ]
-        for model, scores in all_scores.items():
-            lines.append(f"| {labels[model]} | " + " | ".join(_cell(scores, task) for task in ruler) + " |")
-    for section, title in EXTRA_SECTIONS.items():
-        rows = {model: scores[section] for model, scores in all_scores.items() if section in scores}
-        columns = list(dict.fromkeys(column for row in rows.values() for column in row))
-        if rows:
-            lines += ["", f"{title}:", "", "| Model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-            for model, row in rows.items():
-                cells = (f"{row[column]:.2f}" if column in row else "-" for column in columns)
-                lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines).strip("\n") + "\n"
-
-
-def plot_ruler(all_scores: dict[str, dict], path: str) -> bool:
-    """Grouped bar chart of RULER-QA F1 per length bucket, one bar per model; False when there is nothing to plot."""
-    buckets = [task for task in TASK_GROUPS["ruler"] if any(task in scores for scores in all_scores.values())]
-    if not buckets:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(buckets), 3.5))
-    width = 0.8 / max(len(all_scores), 1)
-    for offset, (model, scores) in enumerate(all_scores.items()):
-        positions = [index + offset * width for index in range(len(buckets))]
-        axis.bar(positions, [scores.get(task, {}).get("f1", 0.0) for task in buckets], width, label=model)
-    axis.set_xticks([index + width * (len(all_scores) - 1) / 2 for index in range(len(buckets))])
-    axis.set_xticklabels([TASKS[task].label for task in buckets])
-    axis.set_ylabel("F1 x100")
-    axis.set_title("RULER-QA by context length")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
+    return write_model_scores(folder, scores, settings.scoring)
 
 
 def run(models: Sequence[str], settings: EvalSettings) -> dict[str, dict]:
@@ -332,17 +165,3 @@ def run(models: Sequence[str], settings: EvalSettings) -> dict[str, dict]:
     for model in models:
         evaluate_model(model, settings)
     return write_results(settings.output_dir)
-
-
-def write_results(output_dir: str) -> dict[str, dict]:
-    """(Re)write `results.md` and `ruler_qa.png` from every model folder's `scores.json` in `output_dir`."""
-    all_scores = {}
-    for name in sorted(os.listdir(output_dir)):
-        path = os.path.join(output_dir, name, "scores.json")
-        if os.path.isfile(path):
-            with open(path) as handle:
-                all_scores[name] = json.load(handle)
-    table = results_table(all_scores)
-    write_whole(os.path.join(output_dir, "results.md"), lambda handle: handle.write(table))
-    plot_ruler(all_scores, os.path.join(output_dir, "ruler_qa.png"))
-    return all_scores

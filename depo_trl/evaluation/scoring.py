@@ -81,7 +81,8 @@ def _after_thinking(text: str) -> str:
 def longbench_official(raw: str, answers: Sequence[str]) -> Score:
     """LongBench's `scorer` (LongBench/eval.py lines 66-75): the whole output (only trec, triviaqa, samsum and lsht,
     none of them evaluated here, keep its first line), `qa_f1_score` (metrics.py lines 118-134) best over the gold
-    answers; an empty output is scored (0), as pred.py writes every output. EM beside it is ours (LongBench has none)."""
+    answers; an empty output is scored (0), as pred.py writes every output. EM beside it is ours (LongBench has
+    none)."""
     return Score(raw, _qa_metrics(f1_score(raw, answers), exact_match_score(raw, answers)))
 
 

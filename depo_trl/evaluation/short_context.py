@@ -28,7 +28,7 @@ from ..user_errors import (
     require_folder,
     writable_folder,
 )
-from .runner import merge_scores, model_folder_name, write_results
+from .report import merge_scores, model_folder_name, write_results
 
 
 @dataclass(frozen=True)

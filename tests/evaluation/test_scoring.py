@@ -1,4 +1,5 @@
-"""The two scoring modes against the official evaluation code's behaviour, task family by task family.
+"""`scoring.py`: the two scoring modes against the official evaluation code's behaviour, task family by task family;
+the lenient readings by hand.
 
 Each case names the official file and line it follows, at the commits in `depo_trl.evaluation.scoring` (THUDM/LongBench
 2e00731, Tongyi-Zhiwen/QwenLong-L1 38d0806). The expected numbers are worked out by hand from those rules; `None`
@@ -8,7 +9,7 @@ stands for an output the official loop leaves out (neither written nor counted).
 import pytest
 
 from depo_trl.evaluation.scoring import (
-    SCORING_MODES,
+    docmath_correct,
     docmath_lenient,
     docmath_official,
     longbench_lenient,
@@ -20,11 +21,41 @@ from depo_trl.evaluation.scoring import (
     qwenlong_qa_official,
     template_lenient,
 )
-from depo_trl.evaluation.tasks import TASKS
 
 
 def _value(score, metric):
     return None if score.metrics is None else score.metrics[metric]
+
+
+# --- The lenient readings by hand ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "answers", "scorer", "pred", "f1", "em"),
+    [
+        (
+            "Therefore, the answer is The Eiffel Tower.",
+            ["Eiffel Tower"],
+            template_lenient,
+            "The Eiffel Tower",
+            100,
+            100,
+        ),
+        # "new york city" vs "new york": precision 2/3, recall 1 -> F1 0.8
+        ("so the answer is New York City", ["New York"], template_lenient, "New York City", 80.0, 0.0),
+        # max over gold answers: "tomas" matches the second answer exactly
+        ("the answer is Tomas.", ["her brother Tomas", "Tomas"], template_lenient, "Tomas", 100.0, 100.0),
+        ("", ["anything"], template_lenient, "", 0.0, 0.0),
+        # LongBench prompts are answered directly: the first line is the prediction, punctuation and case ignored
+        ("Zürich!\nIt is in Switzerland.", ["zürich"], longbench_lenient, "Zürich!", 100.0, 100.0),
+        ("a cat, an owl", ["the owl"], longbench_lenient, "a cat, an owl", 2 * 0.5 * 1 / 1.5 * 100, 0.0),
+    ],
+)
+def test_lenient_scoring_by_hand(raw, answers, scorer, pred, f1, em):
+    score = scorer(raw, answers)
+    assert score.pred == pred
+    assert score.metrics["f1"] == pytest.approx(f1)
+    assert score.metrics["em"] == em
 
 
 # --- LongBench v1, LongBench's prompts: LongBench/eval.py `scorer` and metrics.py `qa_f1_score` ----------------------
@@ -173,6 +204,54 @@ def test_power_of_ten_tolerance_is_the_only_difference_between_the_modes_compari
     assert not numbers_match(12400, 12345678)  # x1,000 is 0.44% off
 
 
+# DocMath's lenient reading: the same number written the ways models write it (QwenLong-L1's normalisation, read by
+# math-verify)
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [
+        ("12.5", 12.5),
+        ("12.50", 12.5),
+        ("12.5%", 12.5),  # the percent sign dropped, as QwenLong-L1 does
+        ("12.5%", 0.125),  # a percentage for a fraction: a power of ten apart
+        ("0.125", 12.5),
+        ("$1,234.5 million", 1234.5),  # currency, thousands separator, unit word
+        ("USD 1,234.5", 1234.5),
+        ("€1,234.50", 1234.5),
+        ("approximately 1,235", 1234.5678),  # within 0.15% of the gold
+        ("12.35%", 0.12345678),  # a rounded percentage for an unrounded fraction
+        ("12.34", 12.3356),  # equal once both are rounded up to 2 decimals
+        ("\\frac{1}{8}", 0.125),  # LaTeX
+        ("1/8", 0.125),
+        ("(12.5)", 12.5),  # the template's "(insert answer here)" copied with its parentheses
+        ("a decrease of 5.2%", -5.2),  # magnitudes are compared, as in QwenLong-L1
+        ("$1,234 million (up from $1,000 million)", 1234.0),  # the number the answer starts with
+        ("1.2 \\times 10^{3}", 1200.0),
+    ],
+)
+def test_docmath_equal_numbers_score_1(answer, gold):
+    assert docmath_correct(answer, gold)
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [
+        ("12.6", 12.5),  # 0.8% off
+        ("12.52", 12.5),  # 0.16% off: just outside the tolerance
+        ("12.4%", 12.5),
+        ("13%", 0.125),  # rounding a percentage to a whole number is not the gold
+        ("1,240", 1234.5678),
+        ("125.5", 12.5),  # off by a power of ten *and* a bit
+        ("0.1", 0.125),
+        ("2019", 12.5),  # a year in place of the answer
+        ("none of the above", 12.5),
+        ("", 12.5),
+        ("-$5", 5.0),  # unreadable to math-verify, as to QwenLong-L1's regular expression
+    ],
+)
+def test_docmath_near_misses_score_0(answer, gold):
+    assert not docmath_correct(answer, gold)
+
+
 # --- LongBench v2: THUDM/LongBench pred.py ---------------------------------------------------------------------------
 
 V2_DIFFER = [
@@ -209,22 +288,3 @@ def test_longbench_v2_official_and_lenient_agree(raw, gold, accuracy):
     official, lenient = longbench_v2_official(raw, [gold]), longbench_v2_lenient(raw, [gold])
     assert official.metrics["accuracy"] == lenient.metrics["accuracy"] == accuracy
     assert official.pred == lenient.pred
-
-
-# --- Which rules each task uses -------------------------------------------------------------------------------------
-
-
-def test_each_task_is_scored_by_the_code_of_the_format_it_was_asked_in():
-    raw = "Paris\n\nThe passage states that Lyon is larger."
-    for task in ("hotpotqa", "longbench_hotpotqa", "longbench_qasper", "ruler_qa_4k"):
-        # LongBench's prompt: LongBench's eval.py (the whole output); the template: QwenLong-L1 (no marker, 0)
-        assert TASKS[task].score("official", raw, ["Paris"], "longbench").metrics["f1"] == pytest.approx(25.0)
-        assert TASKS[task].score("official", raw, ["Paris"], "depo").metrics["f1"] == 0.0
-        assert TASKS[task].score("lenient", raw, ["Paris"], "longbench").metrics["f1"] == 100.0
-    for style in ("depo", "longbench"):  # asked one way whatever the style
-        assert TASKS["frames"].score("official", "", ["Paris"], style).metrics is None
-        assert TASKS["docmath"].score("official", "Therefore, the answer is 0.7", ["0.07"], style).metrics == {
-            "accuracy": 0.0
-        }
-        assert TASKS["longbench_v2"].score("official", "Answer: B", ["B"], style).pred is None
-    assert set(SCORING_MODES) == {"official", "lenient"}

@@ -11,8 +11,10 @@ from depo_trl.evaluation.short_context import main as short_context_main
 from depo_trl.models.tiny import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 from depo_trl.user_errors import UsageError
 
+from . import FIXTURES
 
-LM_EVAL_TASKS = os.path.join(os.path.dirname(__file__), "fixtures", "lm_eval")
+
+LM_EVAL_TASKS = os.path.join(FIXTURES, "lm_eval")
 
 
 def test_benchmark_names():

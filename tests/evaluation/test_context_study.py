@@ -19,8 +19,9 @@ from depo_trl.evaluation.judge import JudgeCache, JudgeClient, compare_lengths, 
 from depo_trl.models.tiny import build_tiny_qwen2, build_word_level_tokenizer, save_model_and_tokenizer
 from depo_trl.user_errors import UsageError
 
+from . import FIXTURES
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
 MUSIQUE = os.path.join(FIXTURES, "musique_sample.jsonl")
 _JUDGED = re.compile(r"\[Question\]\n(.*?)\n\n\[Answer A\]\n(.*?)\n\n\[Answer B\]\n(.*?)\n\nCompare", re.DOTALL)
 
@@ -157,7 +158,8 @@ def test_study_end_to_end_writes_curves_heat_map_and_resumes(musique_model_dir, 
     output = tmp_path / "eval"
     argv = [
         "--model", musique_model_dir, "--input", MUSIQUE, "--lengths", "0.5k,1k", "--limit", "2", "--backend", "hf",
-        "--max-new-tokens", "4", "--output-dir", str(output), "--judge-url", judge_server.url, "--judge-model", "judge",
+        "--max-new-tokens", "4", "--output-dir", str(output), "--judge-url", judge_server.url,
+        "--judge-model", "judge",
     ]  # fmt: skip
     study_main(argv)
     folder = output / os.path.basename(musique_model_dir)
