@@ -23,13 +23,6 @@ from . import FIXTURES
 
 
 ROOT = os.path.dirname(os.path.dirname(FIXTURES))
-# Where each task's data is in the fixtures, for comparison with what the fetched files give
-FIXTURE_DIRS = {
-    **{f"longbench_{name}": os.path.join(FIXTURES, "longbench") for name in ("2wikimqa", "hotpotqa", "musique")},
-    **{f"longbench_{name}": os.path.join(FIXTURES, "longbench") for name in ("narrativeqa", "qasper")},
-    "longbench_v2": os.path.join(FIXTURES, "longbench_v2"),
-    "frames": os.path.join(FIXTURES, "frames"),
-}
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -50,7 +43,7 @@ class FakeNetwork:
                 archive.write(os.path.join(FIXTURES, "longbench", f"{name}.jsonl"), f"data/{name}.jsonl")
         self.hub_files = {
             ("THUDM/LongBench", "data.zip"): str(longbench),
-            ("THUDM/LongBench-v2", "data.json"): os.path.join(FIXTURES, "longbench_v2", "longbench_v2.json"),
+            ("THUDM/LongBench-v2", "data.json"): os.path.join(FIXTURES, "longbench_v2.json"),
             ("Tongyi-Zhiwen/docmath", "docmath_all_test_200.jsonl"): os.path.join(
                 FIXTURES, "docmath", "docmath_all_test_200.jsonl"
             ),
@@ -63,7 +56,7 @@ class FakeNetwork:
             with zipfile.ZipFile(folder / f"{source}.zip", "w") as archive:
                 archive.write(os.path.join(FIXTURES, fixture), member)
             self.urls[multihop_qa.DATA[source].url] = (folder / f"{source}.zip").as_uri()
-        frames_rows = read_jsonl(os.path.join(FIXTURES, "frames", "frames.jsonl"))
+        frames_rows = read_jsonl(os.path.join(FIXTURES, "frames.jsonl"))
         self.frames_rows = [{key: value for key, value in row.items() if key != "wiki_items"} for row in frames_rows]
         self.articles = {item["title"]: item for row in frames_rows for item in row["wiki_items"]}
         urlopen = urllib.request.urlopen
@@ -123,7 +116,7 @@ def test_the_command_offline_exits_with_status_2_and_no_traceback(tmp_path):
     assert errors[0].startswith("python -m depo_trl.evaluation.fetch: error: --data-dir")
 
 
-def test_every_file_lands_where_its_loader_reads_it(tmp_path, monkeypatch, eval_model_dir, capsys):
+def test_every_file_lands_where_its_loader_reads_it(tmp_path, monkeypatch, eval_model_dir, fixture_data_dir, capsys):
     network = FakeNetwork(tmp_path, monkeypatch)
     data_dir = tmp_path / "data"
     musique = multihop_qa.DATA["musique"]
@@ -144,5 +137,5 @@ def test_every_file_lands_where_its_loader_reads_it(tmp_path, monkeypatch, eval_
 
     tokenizer = load_tokenizer(eval_model_dir)
     for task in TASKS.values():
-        reference = task.load(FIXTURE_DIRS.get(task.name, FIXTURES), tokenizer)
+        reference = task.load(fixture_data_dir, tokenizer)
         assert task.load(str(data_dir), tokenizer) == reference and reference, task.name

@@ -34,7 +34,7 @@ def test_frames_preparation_without_network():
 
 
 def fixture_rows() -> list[dict]:
-    with open(os.path.join(FIXTURES, "frames", "frames.jsonl"), encoding="utf-8") as handle:
+    with open(os.path.join(FIXTURES, "frames.jsonl"), encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
 
 
@@ -48,7 +48,7 @@ def benchmark_rows(tmp_path) -> str:
 
 
 def test_the_built_file_is_what_the_task_reads(benchmark_rows, tmp_path, monkeypatch, capsys):
-    expected = load_frames(os.path.join(FIXTURES, "frames"))
+    expected = load_frames(FIXTURES)
     articles = {item["title"]: item for row in fixture_rows() for item in row["wiki_items"]}
     monkeypatch.setattr(frames, "fetch_article", lambda title, session: articles.get(title))
     frames.main(["--input", benchmark_rows, "--output", str(tmp_path / "data" / "frames.jsonl")])

@@ -3,7 +3,6 @@ re-scoring without generation, and the one-line errors of its options and data."
 
 import json
 import os
-import shutil
 
 import pytest
 
@@ -12,11 +11,6 @@ from depo_trl.evaluation.runner import EvalSettings
 from depo_trl.evaluation.tasks import TASKS, parse_tasks
 
 from . import FIXTURES
-
-
-LONGBENCH_DIR = os.path.join(FIXTURES, "longbench")
-FRAMES_DIR = os.path.join(FIXTURES, "frames")
-LONGBENCH_V2_DIR = os.path.join(FIXTURES, "longbench_v2")
 
 
 def test_an_unknown_scoring_mode_is_one_line(capsys):
@@ -29,19 +23,12 @@ def test_an_unknown_scoring_mode_is_one_line(capsys):
         EvalSettings(tasks=["hotpotqa"], scoring="strict")
 
 
-def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, monkeypatch):
-    for name in os.listdir(LONGBENCH_DIR):
-        shutil.copy(os.path.join(LONGBENCH_DIR, name), tmp_path / name)
-    for name in ("hotpotqa_distractor_sample.json", "2wikimultihopqa_sample.json", "musique_sample.jsonl"):
-        shutil.copy(os.path.join(FIXTURES, name), tmp_path / name)
-    shutil.copytree(os.path.join(FIXTURES, "docmath"), tmp_path / "docmath")
-    shutil.copy(os.path.join(FIXTURES, "frames", "frames.jsonl"), tmp_path / "frames.jsonl")
-    shutil.copy(os.path.join(FIXTURES, "longbench_v2", "longbench_v2.json"), tmp_path / "longbench_v2.json")
+def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, fixture_data_dir, tmp_path, monkeypatch):
     output = tmp_path / "eval"
     model_name = os.path.basename(eval_model_dir)
     evaluation_main([
         "--model", eval_model_dir, "--tasks", "all", "--backend", "hf", "--max-length", "4096", "--output-dir",
-        str(output), "--limit", "2", "--data-dir", str(tmp_path), "--max-new-tokens", "4",
+        str(output), "--limit", "2", "--data-dir", fixture_data_dir, "--max-new-tokens", "4",
     ])  # fmt: skip
     folder = output / model_name
     for task in parse_tasks("all"):
@@ -63,23 +50,16 @@ def test_end_to_end_writes_every_output_and_resumes(eval_model_dir, tmp_path, mo
     before = {task: (folder / f"{task}.jsonl").read_text() for task in parse_tasks("all")}
     evaluation_main([
         "--model", eval_model_dir, "--tasks", "all", "--backend", "hf", "--max-length", "4096", "--output-dir",
-        str(output), "--limit", "2", "--data-dir", str(tmp_path), "--max-new-tokens", "4",
+        str(output), "--limit", "2", "--data-dir", fixture_data_dir, "--max-new-tokens", "4",
     ])  # fmt: skip
     assert {task: (folder / f"{task}.jsonl").read_text() for task in parse_tasks("all")} == before
 
 
-def test_end_to_end_table2_and_longbench_v2_then_nothing_new(eval_model_dir, tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    shutil.copytree(os.path.join(FIXTURES, "longbench"), data)
-    shutil.copytree(os.path.join(FIXTURES, "docmath"), data / "docmath")
-    for name in ("hotpotqa_distractor_sample.json", "2wikimultihopqa_sample.json", "musique_sample.jsonl"):
-        shutil.copy(os.path.join(FIXTURES, name), data / name)
-    shutil.copy(os.path.join(FRAMES_DIR, "frames.jsonl"), data / "frames.jsonl")
-    shutil.copy(os.path.join(LONGBENCH_V2_DIR, "longbench_v2.json"), data / "longbench_v2.json")
+def test_end_to_end_table2_and_longbench_v2_then_nothing_new(eval_model_dir, fixture_data_dir, tmp_path, monkeypatch):
     output = tmp_path / "eval"
     argv = [
         "--model", eval_model_dir, "--tasks", "table2,longbench_v2", "--backend", "hf", "--max-length", "2048",
-        "--output-dir", str(output), "--limit", "2", "--data-dir", str(data), "--max-new-tokens", "4",
+        "--output-dir", str(output), "--limit", "2", "--data-dir", fixture_data_dir, "--max-new-tokens", "4",
     ]  # fmt: skip
     evaluation_main(argv)
     folder = output / os.path.basename(eval_model_dir)
@@ -153,7 +133,7 @@ def test_predictions_from_before_the_scoring_modes_are_rescored_not_regenerated(
     monkeypatch.setattr("depo_trl.evaluation.runner.make_backend", no_generation)
     evaluation_main([
         "--model", eval_model_dir, "--tasks", "longbench_v2", "--backend", "hf", "--output-dir",
-        str(tmp_path / "eval"), "--data-dir", LONGBENCH_V2_DIR,
+        str(tmp_path / "eval"), "--data-dir", FIXTURES,
     ])  # fmt: skip
     rows = [json.loads(line) for line in (model_folder / "longbench_v2.jsonl").read_text().splitlines()]
     assert [row["official"] for row in rows] == [

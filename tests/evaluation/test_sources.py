@@ -115,7 +115,7 @@ def test_hub_files_come_from_the_pinned_revision(tmp_path, monkeypatch):
     archive = zip_with(
         tmp_path / "data.zip", {"data/qasper.jsonl": os.path.join(FIXTURES, "longbench", "qasper.jsonl")}
     )
-    served = {"data.zip": archive, "data.json": Path(FIXTURES, "longbench_v2", "longbench_v2.json")}
+    served = {"data.zip": archive, "data.json": Path(FIXTURES, "longbench_v2.json")}
     asked = []
 
     def hub_download(repo_id, filename, repo_type, revision):

@@ -1,7 +1,5 @@
 """`tasks/frames.py`: FRAMES's loader on a fixture in its format, its prompt, and F1 by hand."""
 
-import os
-
 import pytest
 
 from depo_trl.evaluation.tasks import TASKS
@@ -9,9 +7,6 @@ from depo_trl.evaluation.tasks.frames import load_frames
 from depo_trl.user_errors import UsageError
 
 from .. import FIXTURES
-
-
-FRAMES_DIR = os.path.join(FIXTURES, "frames")
 
 
 @pytest.mark.parametrize(
@@ -35,7 +30,7 @@ def test_frames_f1_by_hand(raw, gold, prompt_style, pred, f1):
 
 
 def test_frames_loader(tmp_path):
-    frames = load_frames(FRAMES_DIR)
+    frames = load_frames(FIXTURES)
     assert [e.answers for e in frames] == [["The Pellan Sea"], ["38"]]
     assert frames[0].context.startswith("Velmar Observatory\nVelmar Observatory is") and "\nOstrava River\n" in (
         frames[0].context
@@ -45,7 +40,7 @@ def test_frames_loader(tmp_path):
 
 
 def test_frames_prompt_and_budget():
-    frames = load_frames(FRAMES_DIR)[0]
+    frames = load_frames(FIXTURES)[0]
     for style in ("depo", "longbench"):  # QwenLong-L1's words, as DocMath's
         assert TASKS["frames"].prompt(frames, style) == TASKS["docmath"].prompt(frames, style)
         assert TASKS["frames"].max_new_tokens(style) == 1024

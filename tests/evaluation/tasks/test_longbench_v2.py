@@ -1,8 +1,6 @@
 """`tasks/longbench_v2.py`: LongBench v2's loader on a fixture in its `data.json` layout, its prompt, decoding, and how
 its option letters are read."""
 
-import os
-
 import pytest
 
 from depo_trl.evaluation.scoring import extract_choice
@@ -10,9 +8,6 @@ from depo_trl.evaluation.tasks import TASKS, Decoding
 from depo_trl.evaluation.tasks.longbench_v2 import load_longbench_v2
 
 from .. import FIXTURES
-
-
-LONGBENCH_V2_DIR = os.path.join(FIXTURES, "longbench_v2")
 
 
 @pytest.mark.parametrize(
@@ -51,14 +46,14 @@ def test_longbench_v2_lenient_option_parsing(raw, choice):
 
 
 def test_longbench_v2_loader():
-    v2 = load_longbench_v2(LONGBENCH_V2_DIR)
+    v2 = load_longbench_v2(FIXTURES)
     assert [e.answers for e in v2] == [["B"], ["C"], ["A"]]
     assert v2[0].question.endswith("Choices:\n(A) The keeper was ill\n(B) A storm closed the harbour\n"
                                    "(C) The lighthouse was repaired\n(D) It was winter")  # fmt: skip
 
 
 def test_longbench_v2_prompt_budget_and_decoding():
-    v2 = load_longbench_v2(LONGBENCH_V2_DIR)[0]
+    v2 = load_longbench_v2(FIXTURES)[0]
     for style in ("depo", "longbench"):  # LongBench v2's prompts/0shot.txt: the only format its pred.py reads
         assert TASKS["longbench_v2"].prompt(v2, style) == (
             "Please read the following text and answer the question below.\n\n<text>\n"
