@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="hf backend batch size.")
     args = parser.parse_args(argv)
     if args.data_dir is not None:
-        require_folder("--data-dir", args.data_dir, "pass the folder that holds the benchmark files")
+        fetch = f"python -m depo_trl.evaluation.fetch --data-dir {args.data_dir}"
+        require_folder(
+            "--data-dir", args.data_dir, f"pass the folder that holds the benchmark files, or fill it: {fetch}"
+        )
     writable_folder("--output-dir", args.output_dir)
     for model in args.model:
         check_model_source("--model", model)
