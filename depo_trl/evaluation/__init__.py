@@ -1,7 +1,8 @@
-"""Evaluation harness: the paper's Table 2 (DocMath, Frames, multi-hop QA, LongBench v1 QA), LongBench v2 and RULER-QA.
+"""Evaluation harness: the paper's Table 2 (DocMath, Frames, multi-hop QA, LongBench v1 QA), LongBench v2 and RULER-QA
+(docs/evaluation.md). The data: `python -m depo_trl.evaluation.fetch --data-dir data/eval`; then
 
     python -m depo_trl.evaluation --model runs/qwen2.5-7b-instruct/depo-grpo --tasks all --backend vllm \
-        --max-length 32768 --output-dir eval
+        --max-length 32768 --output-dir eval --data-dir data/eval
 """
 
 from .report import results_table, write_results

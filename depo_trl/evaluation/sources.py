@@ -154,8 +154,11 @@ class WebFile(DataFile):
         try:
             write_file(path, lambda temporary: copy_out(archive, self.member, temporary))
         except zipfile.BadZipFile:
-            os.remove(archive)  # not resumable: the next try starts again
+            os.remove(archive)  # whole, but a page in its place: the next try downloads it again
             raise ValueError(f"{self.url} sent something other than a zip archive (a quota or error page?)") from None
+        except MissingMember:
+            os.remove(archive)  # whole, but another archive: likewise
+            raise
         os.remove(archive)
 
 
@@ -174,6 +177,10 @@ class BuiltFile(DataFile):
         write_file(path, self.build)
 
 
+class MissingMember(ValueError):
+    """A zip archive without the member a source names."""
+
+
 def copy_out(source: str, member: str | None, target: str) -> None:
     """Copy `source`, or its zip archive's `member`, to `target`."""
     if member is None:
@@ -181,7 +188,7 @@ def copy_out(source: str, member: str | None, target: str) -> None:
         return
     with zipfile.ZipFile(source) as archive:
         if member not in archive.namelist():
-            raise ValueError(f"the archive has no {member}")
+            raise MissingMember(f"the archive has no {member}")
         with archive.open(member) as packed, open(target, "wb") as handle:
             shutil.copyfileobj(packed, handle, CHUNK_BYTES)
 

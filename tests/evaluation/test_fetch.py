@@ -1,6 +1,6 @@
-"""`fetch.py`, the command that fetches every task's data: offline it stops in one line naming each file and its source;
-with the network replaced by local copies of the fixtures, every file lands where its loader reads it, the loaders
-read what they read from the fixtures, and a run after a failed source fetches only that source."""
+"""`fetch.py`, the command that fetches every task's data: offline it stops in one line naming each file and its
+source; with the network replaced by local copies of the fixtures, every file lands where its loader reads it, the
+loaders read what they read from the fixtures, and a run after a failed source fetches only that source."""
 
 import json
 import os

@@ -140,3 +140,12 @@ def test_a_hub_split_is_written_as_json_lines(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda repo_id, config, split: list(rows) if split == "t" else None)
     HubSplit(name="docmath/t.jsonl", repo_id="o/docmath", split="t").fetch(str(tmp_path / "t.jsonl"))
     assert [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()] == rows
+
+
+def test_an_archive_without_the_member_is_refused_and_not_kept(tmp_path):
+    archive = zip_with(tmp_path / "release.zip", {"data/train.json": TWO_WIKI})
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(ValueError, match="the archive has no data/dev.json"):
+        web_file(archive.as_uri()).fetch(str(data / "2wikimqa_dev.json"))
+    assert os.listdir(data) == []

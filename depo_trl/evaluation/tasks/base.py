@@ -15,6 +15,8 @@ from ..sources import DataFile, HubFile, HubSplit
 
 @dataclass
 class EvalExample:
+    """One question of a benchmark: its id, the context and question texts, and the gold answers."""
+
     id: str
     context: str
     question: str
