@@ -4,19 +4,24 @@ weights synced, as `vllm_weight_sync` says, by TRL's transfer or by vLLM's own `
 TRL's client waits as long as a server holds the connection open: a server that stops answering (hung, swapped out,
 paused) would stall training for good. Every request here gives up after `vllm_request_timeout` seconds and is not
 retried on that timeout (a connection refused still gets TRL's retries, about a minute); either failure ends the run
-with one line naming the server.
+with one line naming the server. The client's start waits for `/health` at most `vllm_server_timeout` seconds, also
+when the server holds the request without a word or answers it with an error (TRL's check waits for those forever).
 
 TRL pushes the trainer's weights into vLLM with NCCL (server mode) or with the colocated engine's `load_weights`.
 Neither runs on a CPU (NCCL needs CUDA; vLLM's CPU build repacks its linear weights, which `load_weights` then cannot
 fill), and NCCL needs a network route from the trainer to the server. vLLM's `reload_weights` needs neither: a
 colocated engine reloads from the parameters in memory, a server from a safetensors checkpoint that the trainer writes
 to a folder both can read, asked for through the `/collective_rpc` endpoint of vLLM's dev mode (which
-`depo_trl.scripts.vllm_server` turns on, with the worker method of `depo_trl.vllm_worker`).
+`depo_trl.scripts.vllm_server` turns on, with the worker method of `depo_trl.vllm_worker`). The folder is removed as
+soon as the server has reloaded from it: vLLM copies the weights into the model and does not read them again, so no
+checkpoint's worth of files stays behind in `output_dir` (15 GB at 7B) between syncs or after training.
 """
 
 import functools
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -35,6 +40,8 @@ from .vllm_worker import reload_trained_weights
 
 # Tensors are written in files of about this size, so the host holds one file's worth of weights at a time
 SHARD_BYTES = 2 * 2**30
+# The folders the weights of one sync are written to, under vllm_weight_sync_dir
+SYNC_FOLDER = re.compile(r"sync-\d+(\.tmp)?")
 
 
 def write_safetensors_folder(named_tensors: Iterable[tuple[str, torch.Tensor]], folder: str) -> str:
@@ -65,9 +72,21 @@ def write_safetensors_folder(named_tensors: Iterable[tuple[str, torch.Tensor]], 
     return folder
 
 
+def remove_synced_weights(weights_dir: str) -> None:
+    """Remove the `sync-N` folders (and their `.tmp` staging) that [`DePOVLLMGeneration`] wrote to `weights_dir`,
+    including those a killed run left, then `weights_dir` itself once empty; nothing else there is touched."""
+    if not os.path.isdir(weights_dir):
+        return
+    for name in os.listdir(weights_dir):
+        if SYNC_FOLDER.fullmatch(name):
+            shutil.rmtree(os.path.join(weights_dir, name), ignore_errors=True)
+    if not os.listdir(weights_dir):
+        os.rmdir(weights_dir)
+
+
 class BoundedVLLMClient(VLLMClient):
-    """TRL's vLLM client whose requests give up after `request_timeout` seconds, with a one-line error naming the
-    server; the only changes w.r.t. `VLLMClient`."""
+    """TRL's vLLM client whose start gives up after `connection_timeout` seconds and whose requests give up after
+    `request_timeout` seconds, each with a one-line error naming the server; the only changes w.r.t. `VLLMClient`."""
 
     def __init__(self, *args, request_timeout: float, **kwargs):
         self.request_timeout = request_timeout
@@ -75,6 +94,32 @@ class BoundedVLLMClient(VLLMClient):
         # A read that timed out is not tried again: the server had `request_timeout` to answer
         for adapter in self.session.adapters.values():
             adapter.max_retries = adapter.max_retries.new(read=0)
+
+    def check_server(self, total_timeout: float = 0.0, retry_interval: float = 2.0) -> None:
+        """Wait until `/health` answers 200, at most `total_timeout` seconds (`vllm_server_timeout`) whatever the
+        server does: TRL's check has no request timeout and retries a non-200 answer without a deadline, so a server
+        that holds the request or answers with an error kept it waiting forever."""
+        url = f"{self.base_url}/health"
+        deadline = time.monotonic() + total_timeout
+        while True:
+            try:
+                # Plain requests, as TRL's check: the session's retries would run past the deadline
+                response = requests.get(url, timeout=max(deadline - time.monotonic(), retry_interval))
+                if response.status_code == 200:
+                    return
+                last = f"HTTP {response.status_code}"
+            except requests.exceptions.Timeout:
+                last = "no answer"
+            except requests.exceptions.RequestException as error:
+                last = f"unreachable, {type(error).__name__}"
+            if time.monotonic() >= deadline:
+                raise UsageError(
+                    f"vllm_server {self.base_url}: /health did not answer 200 within {total_timeout:g} s "
+                    f"(vllm_server_timeout; last try: {last}); start the server (python -m depo_trl.scripts.vllm_server "
+                    "--config <recipe>) and wait for 'Application startup complete', or raise vllm_server_timeout "
+                    "while it loads."
+                )
+            time.sleep(min(retry_interval, max(deadline - time.monotonic(), 0.0)))
 
     def _get(self, url: str, **kwargs) -> dict:
         return self._bounded(super()._get, url, **kwargs)
@@ -112,7 +157,6 @@ class DePOVLLMGeneration(VLLMGeneration):
         self.weight_sync = weight_sync
         self.weights_dir = os.path.abspath(weights_dir)
         self.request_timeout = request_timeout
-        self._synced_folder: str | None = None
         self._syncs = 0
         super().__init__(*args, **kwargs)
 
@@ -162,9 +206,10 @@ class DePOVLLMGeneration(VLLMGeneration):
                 "on the server."
             )
         client.reset_prefix_cache()
-        if self._synced_folder is not None:  # the server has read the new weights: the old ones are not needed
-            shutil.rmtree(self._synced_folder, ignore_errors=True)
-        self._synced_folder = folder
+        # The server has copied the weights into its model (its reload_weights reads the folder once, and nothing in
+        # vLLM reads it again), so the folder goes now rather than at the end of training: nothing stays behind
+        # for a push of output_dir to upload, also when the run is killed between two syncs
+        remove_synced_weights(self.weights_dir)
 
 
 @contextmanager

@@ -123,6 +123,9 @@ def test_server_mode_trains_through_the_real_engine_and_serves_the_trained_weigh
         server_pid = server.pid
     assert not port_is_open(port) and not psutil.pid_exists(server_pid)
 
+    # Each sync's weights were removed once the server had reloaded them: nothing of them is left for a push
+    assert not [path for path in run.rglob("*") if "vllm_weights" in path.name]
+
     logs = step_logs(run)
     assert len(logs) == 2
     for log in logs:  # the rollouts came from vLLM: TRL measured its sampler against the trainer
