@@ -59,6 +59,16 @@ class DePOConfig(GRPOConfig):
             Folder the trainer writes the weights to for a server with `vllm_weight_sync="reload"`; the server must
             read it at the same path. Each sync's files are removed once the server has reloaded them. Defaults to
             `<output_dir>/_vllm_weights` (a name Transformers' push to the Hub leaves out, like its `_*` files).
+
+    > Parameters named differently from [`~trl.GRPOConfig`]
+
+        activation_checkpointing (`bool`, *optional*, defaults to `True`):
+            Checkpoint the model's layers (their activations are recomputed in the backward) to save memory: TRL's
+            default for `gradient_checkpointing`, under the name transformers reads now. The long-context pass turns
+            it off for its forwards where they fit without it.
+        gradient_checkpointing (`bool`, *optional*):
+            Deprecated alias of `activation_checkpointing`: it still works, and transformers warns that it is
+            deprecated.
     """
 
     rollout_context: str = field(
@@ -145,7 +155,31 @@ class DePOConfig(GRPOConfig):
         },
     )
 
+    # TRL defaults `gradient_checkpointing` to True, a name transformers has deprecated and warns about in every run;
+    # DePO sets the same default under the new name, and a recipe that sets the old one still gets its warning
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint the model's layers (their activations are recomputed in the backward) to save "
+            "memory. Defaults to True (TRL's default for gradient_checkpointing, under the name transformers reads).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated alias of activation_checkpointing: it still works, and transformers warns.",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+
     def __post_init__(self):
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
+        if self.activation_checkpointing is not None:  # transformers before the rename reads only the old name
+            self.gradient_checkpointing = self.activation_checkpointing
         super().__post_init__()
         # The paper's arms, and any other registered term on short-context rollouts (a new variant of the term)
         new_term = self.rollout_context == "short" and self.distillation in DISTILLATIONS

@@ -1,14 +1,22 @@
 """The recipe a run is launched with: the entry point's script arguments, and the parser that reads a YAML recipe with
-command-line overrides into them, `DePOConfig` and TRL's `ModelConfig`, reporting mistakes as one line."""
+command-line overrides into them, `DePOConfig` and TRL's `ModelConfig`, reporting mistakes as one line.
 
+`depo-train --help` shows the usage and DePO's own settings; `depo-train --help-all` every setting, grouped by the
+class that defines it."""
+
+import argparse
+import copy
 import dataclasses
 import difflib
 import re
+import shutil
 import sys
+import textwrap
 from dataclasses import dataclass, field
 
 import yaml
-from trl import ModelConfig, ScriptArguments, TrlParser
+from transformers import TrainingArguments
+from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
 
 from ..config import DePOConfig
 from ..rewards import REWARD_FUNCTIONS
@@ -23,6 +31,13 @@ class DePOScriptArguments(ScriptArguments):
     `save_to_disk` output), or a `.jsonl` / `.json` / `.parquet` file.
     """
 
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The training data: a Hub dataset id, a folder written by python -m depo_trl.data.build (or any "
+            "save_to_disk output), or a .jsonl / .json / .parquet file, with prompt, long_prompt and answer columns."
+        },
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["em"],
         metadata={
@@ -44,6 +59,81 @@ class RecipeParser(TrlParser):
 
 def make_parser() -> TrlParser:
     return RecipeParser((DePOScriptArguments, DePOConfig, ModelConfig), prog="depo-train")
+
+
+USAGE = "depo-train --config RECIPE [--setting value ...]"
+EXAMPLE = "depo-train --config recipes/tiny/depo.yaml"
+_DESCRIPTION = (
+    "Trains DePO, or one of the paper's baselines, with the settings of a YAML recipe (recipes/<model>/<arm>-<algorithm>.yaml; "
+    "recipes/tiny/*.yaml train a toy model on a CPU in seconds). Any setting can also be given on the command line, "
+    "where it wins over the recipe."
+)
+_EXAMPLES = [
+    f"{EXAMPLE} --output_dir runs/tiny/try --max_steps 8",
+    "accelerate launch --config_file accelerate_configs/zero3.yaml depo_trl/scripts/depo.py \\\n"
+    "    --config recipes/qwen2.5-7b-instruct/depo-grpo.yaml",
+]
+_RECIPE_OPTIONS = [
+    ("--config RECIPE", "The YAML recipe, e.g. recipes/tiny/depo.yaml."),
+    ("-h, --help", "This help: the data and reward settings, and DePO's own."),
+    ("--help-all", "Every setting: also TRL's GRPOConfig, transformers' TrainingArguments and TRL's ModelConfig."),
+]
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _setting_groups(full: bool) -> list[tuple[str, set[str]]]:
+    """(title, setting names) of each group of settings `--help` shows; `full`: every group of `--help-all`."""
+    groups = [
+        ("data and reward (DePOScriptArguments)", _field_names(DePOScriptArguments)),
+        (
+            "DePO (DePOConfig; every GRPOConfig setting applies too)",
+            _field_names(DePOConfig) - _field_names(GRPOConfig),
+        ),
+    ]
+    if full:
+        groups += [
+            ("GRPO (TRL's GRPOConfig)", _field_names(GRPOConfig) - _field_names(TrainingArguments)),
+            ("training (transformers' TrainingArguments, with TRL's defaults)", _field_names(TrainingArguments)),
+            ("model (TRL's ModelConfig)", _field_names(ModelConfig)),
+        ]
+    return groups
+
+
+def _shown(action: argparse.Action) -> argparse.Action:
+    """The setting as the help lists it: its underscore spelling only (the parser also takes --dashed-names), and
+    its default when it has one."""
+    shown = copy.copy(action)
+    shown.option_strings = action.option_strings[:1]
+    if action.default is not None:
+        shown.help = f"{action.help or ''} (default: %(default)s)".lstrip()
+    return shown
+
+
+def format_help(full: bool = False) -> str:
+    """`depo-train --help` (`full`: `--help-all`): the usage, what the command does, then the settings by group, each
+    with the parser's help and default."""
+    width = shutil.get_terminal_size().columns - 2
+    formatter = argparse.RawDescriptionHelpFormatter("depo-train", width=width)
+    formatter.add_usage(USAGE, [], [])
+    formatter.add_text(textwrap.fill(_DESCRIPTION, width))
+    formatter.start_section("recipe")
+    formatter.add_arguments(
+        [argparse.Action([name], dest=name, nargs=0, help=description) for name, description in _RECIPE_OPTIONS]
+    )
+    formatter.end_section()
+    first_action = {}
+    for action in make_parser()._actions:  # argparse lists its actions nowhere else
+        first_action.setdefault(action.dest, action)  # not the --no_<setting> of a setting that defaults to True
+    for title, names in _setting_groups(full):
+        formatter.start_section(title)
+        formatter.add_arguments([_shown(action) for dest, action in first_action.items() if dest in names])
+        formatter.end_section()
+    hint = "" if full else "\nEvery other setting (TRL's, transformers'): depo-train --help-all"
+    formatter.add_text("Examples:\n" + "\n".join(f"  {example}" for example in _EXAMPLES) + hint)
+    return formatter.format_help()
 
 
 def _known_settings() -> list[str]:
@@ -71,6 +161,14 @@ def parse_recipe(
 ) -> tuple[DePOScriptArguments, DePOConfig, ModelConfig, str | None]:
     """Parse `--config RECIPE.yaml` plus command-line overrides; unknown keys and bad values are [`UsageError`]s."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        raise UsageError(
+            f"--config: no recipe given; pass one, e.g. `{EXAMPLE}` (the toy model, seconds on a CPU), or see "
+            "`depo-train --help`."
+        )
+    if {"-h", "--help", "--help-all"} & set(argv):
+        print(format_help(full="--help-all" in argv), end="")
+        raise SystemExit(0)
     recipe_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
     if recipe_path is not None:
         require_file("--config", recipe_path, "pass a recipe YAML such as recipes/tiny/depo.yaml")
