@@ -1,5 +1,6 @@
 """What DePO adds to TRL's model card: the paper, the run's DePO settings and the recipe it was launched with."""
 
+import re
 from typing import TYPE_CHECKING
 
 
@@ -42,3 +43,12 @@ def depo_model_card_section(args: "DePOConfig", recipe: str | None = None) -> st
     if recipe:
         section += f"\n### Recipe\n\n```yaml\n{recipe.rstrip()}\n```\n"
     return section
+
+
+def card_for_repo(card: str, repo_id: str) -> str:
+    """A run's model card (TRL's, with the DePO section) naming the Hub repository `repo_id` it is pushed to: the title
+    and the quick start's model id, which a run trained without `push_to_hub` writes as `None`."""
+    title = f"# Model Card for {repo_id.split('/')[-1]}"
+    card = re.sub(r"^# Model Card for .*$", lambda _: title, card, count=1, flags=re.MULTILINE)
+    quick_start = r'(pipeline\("text-generation", model=)"[^"]*"'
+    return re.sub(quick_start, lambda match: f'{match[1]}"{repo_id}"', card, count=1)

@@ -20,6 +20,7 @@ from depo_trl.checkpoints import checkpoint_to_resume
 from depo_trl.config import DePOConfig
 from depo_trl.data.checks import check_dataset
 from depo_trl.data.loading import add_system_prompt, load_depo_dataset, select_split
+from depo_trl.hub import check_training_push, push_failure
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.rewards import get_reward_funcs
 from depo_trl.scripts.recipe import DePOScriptArguments, parse_recipe
@@ -63,6 +64,8 @@ def main(
     if not model_args.model_name_or_path:
         raise UsageError("model_name_or_path: not set; set it to a Hub id or a model folder.")
     check_model_source("model_name_or_path", model_args.model_name_or_path)
+    if training_args.push_to_hub:  # an offline or unauthenticated push stops the run before it trains
+        check_training_push(training_args)
     checkpoint, skipped = checkpoint_to_resume(training_args)
     check_vllm_server(training_args)
     name = script_args.dataset_name
@@ -118,10 +121,15 @@ def main(
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model and tokenizer saved to {training_args.output_dir}.")
+    # The card links its dataset on the Hub: a local file or folder is none
+    hub_dataset = None if os.path.exists(script_args.dataset_name) else script_args.dataset_name
     if trainer.accelerator.is_main_process:
-        trainer.create_model_card(dataset_name=script_args.dataset_name)
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name, dataset_name=hub_dataset)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        try:
+            trainer.push_to_hub(dataset_name=hub_dataset)
+        except Exception as error:  # the network or the Hub, after training: the run is saved and can go up later
+            raise push_failure(training_args, error) from error
         trainer.accelerator.print(f"Pushed to https://huggingface.co/{trainer.hub_model_id}.")
     trainer.accelerator.wait_for_everyone()
     return trainer
