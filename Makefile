@@ -85,7 +85,7 @@ demo: install  ## the toy world end to end on a CPU: the shipped warm start, DeP
 # Jupyter starts in the repository's root; the notebook finds runs/demo (or its RUN_DIR) from there or its own folder
 JUPYTER_OPTIONS ?=
 notebook: $(VENV)/.installed-notebook  ## explore a run in Jupyter (runs/demo unless its RUN_DIR says otherwise)
-	$(BIN)/jupyter lab $(JUPYTER_OPTIONS) notebooks/explore_run.ipynb
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(JUPYTER_OPTIONS) notebooks/explore_run.ipynb
 
 $(VENV)/.installed-notebook: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[notebook]"

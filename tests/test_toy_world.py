@@ -1,8 +1,6 @@
-"""The toy world: generator invariants, the chance baseline, the shipped warm start, the benchmark's statistics,
-and the run-exploration notebook."""
+"""The toy world: generator invariants, the chance baseline, the shipped warm start, the benchmark's statistics."""
 
 import json
-import os
 import re
 from dataclasses import asdict
 
@@ -11,8 +9,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from depo_trl.model_utils import load_tokenizer
-from depo_trl.scripts.depo import main as train_main
-from depo_trl.scripts.recipe import parse_recipe
 from depo_trl.toy.comparison import comparison_table, mean_interval, point_at
 from depo_trl.toy.training import ToySettings, evaluate, train_arm
 from depo_trl.toy.warm_start import SHIPPED_WARM_START, WarmStartSettings, read_record
@@ -28,9 +24,6 @@ from depo_trl.toy.world import (
     warm_start_rows,
 )
 from depo_trl.user_errors import UsageError
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def documents(prompt: list[dict]) -> list[tuple[str, str, str]]:
@@ -191,26 +184,3 @@ def test_benchmark_runs_two_arms_over_two_seeds(tmp_path):
     markdown = (run_dir / "results.md").read_text()
     assert "### Equal steps (2)" in markdown and "| depo |" in markdown and "long EM - long (paired)" in markdown
     assert (run_dir / "long_em.png").stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_notebook_runs_on_a_tiny_run(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    run_dir = tmp_path / "run"
-    train_main(*parse_recipe([
-        "--config", os.path.join(ROOT, "recipes", "tiny", "depo.yaml"), "--output_dir", str(run_dir),
-        "--model_name_or_path", os.path.join(ROOT, "depo_trl", "toy", "shipped_warm_start"),
-        "--dataset_name", os.path.join(ROOT, "recipes", "tiny", "assets", "toy_world.jsonl"),
-        "--log_completions", "true", "--max_steps", "2",
-    ]))  # fmt: skip
-    notebook = nbformat.read(os.path.join(ROOT, "notebooks", "explore_run.ipynb"), as_version=4)
-    os.environ["DEPO_RUN_DIR"] = str(run_dir)
-    try:
-        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
-    finally:
-        os.environ.pop("DEPO_RUN_DIR")
-    outputs = "".join(
-        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
-    )
-    assert "logged steps" in outputs and "completions_" in outputs

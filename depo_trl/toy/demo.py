@@ -91,13 +91,19 @@ def main(argv: list[str] | None = None) -> None:
         log_completions=True,
     )
     trainer, step_seconds = arm_run.trainer, arm_run.step_seconds
+    steps = trainer.state.global_step
+    capped = steps < args.steps  # StopAfter ended the phase: a loaded machine runs fewer steps in the time cap
+    if capped:
+        print(f"The {args.minutes:g}-minute cap stopped the RL phase after {steps} of {args.steps} steps (--minutes).")
     trainer.save_model(os.path.join(args.run_dir, args.arm))
     trainer.save_state()
     print("3/3 Evaluating the trained model...")
     after = evaluate(trainer.model, tokenizer, eval_rows, settings)
     report = {
         "arm": args.arm,
-        "steps": trainer.state.global_step,
+        "steps": steps,
+        "max_steps": args.steps,
+        "stopped_by_time_cap": capped,
         "seconds_per_step": sum(step_seconds) / max(len(step_seconds), 1),
         "before": before,
         "after": after,
@@ -108,14 +114,16 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(args.run_dir, "demo_results.json"), "w") as handle:
         json.dump(report, handle, indent=2)
     print(
-        f"\n{args.arm}, {report['steps']} steps ({report['seconds_per_step']:.1f} s/step), {len(eval_rows)} held-out "
+        f"\n{args.arm}, {steps} steps"
+        + (f" of {args.steps} (stopped by the {args.minutes:g}-minute cap)" if capped else "")
+        + f" ({report['seconds_per_step']:.1f} s/step), {len(eval_rows)} held-out "
         "questions. EM: exact match of greedy answers; sampled: at temperature 1, the rollouts' distribution; chance: "
         "a random name of the answer's type from the context.\n"
     )
     print(format_results(before, after))
     print(
         f"\nRun directory: {os.path.abspath(args.run_dir)} (total {report['total_seconds'] / 60:.1f} min). "
-        "Explore it with notebooks/explore_run.ipynb."
+        "Explore it in Jupyter: make notebook (notebooks/explore_run.ipynb)."
     )
 
 
