@@ -208,7 +208,7 @@ def predicted_mib(shape: ModelShape, point: Point, completion_tokens: int, dtype
         keys_repeated_per_head=not flash,
     )  # fmt: skip
     row = packed_row_tokens(point.prompt_tokens, [completion_tokens] * point.rollouts)
-    return (row * (memory.held + memory.working) + parameters(shape) * dtype_bytes) / 2**20
+    return (row * memory.held + memory.working_bytes(row) + parameters(shape) * dtype_bytes) / 2**20
 
 
 def predict_7b() -> list[dict]:
@@ -270,7 +270,7 @@ def predict_7b() -> list[dict]:
                         "tokens_per_forward": size,
                         "forwards": len(forwards),
                         "plan": plan.value,
-                        "long_pass_gib": (kept * per_token.held + size * per_token.working + per_token.fixed) / 2**30,
+                        "long_pass_gib": (kept * per_token.held + per_token.working_bytes(size) + per_token.fixed) / 2**30,
                         "states_gib": states_gib,
                         "vllm_gib": vllm_gib,
                         "seconds_per_prompt": flops / prompts / throughput,

@@ -25,8 +25,16 @@ from trl.trainer.utils import get_config_model_id
 
 from .config import DePOConfig
 from .data.checks import check_dataset, datasets_by_split, drop_overlong_rows
-from .distillation import DISTILLATIONS, Accumulation, ClippedObjective, GenerationBatch, LongPass, Rollouts, Window
-from .distillation.base import tokenize_long_prompts
+from .distillation import (
+    DISTILLATIONS,
+    Accumulation,
+    ClippedObjective,
+    GenerationBatch,
+    LongPass,
+    Rollouts,
+    Window,
+    tokenize_long_prompts,
+)
 from .distillation.long_pass import enable_prefix_sharing
 from .model_card import PAPER, depo_model_card_section
 from .rewards import answer_column_problem, reads_answer_column

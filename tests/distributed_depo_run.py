@@ -8,7 +8,7 @@ Scenarios (the second argument):
   and longer ones, so the shared-prefix pass with `--forward-tokens 150` plans 1 forward on process 0 and 4 on process 1
   (DePO-IW; with KD, process 1 has no correct rollout and plans none).
 - `overlong-eval`: `evaluate()` on a dataset where one process's long prompt exceeds `max_long_prompt_length`.
-- `bad-answer`: the exact-match reward on rows where one process's row has an unusable `answer` ([]).
+- `bad-answer`: the exact-match reward on streamed rows where one process's row has an unusable `answer` ([]).
 - `oom-on-process-1`: process 1 runs out of memory in its second long pass, while process 0 goes on into the step's
   collectives; the run must end, not wait.
 
@@ -104,11 +104,13 @@ def main() -> None:
         max_long_prompt_length=200 if args.scenario == "overlong-eval" else None,
     )
     torch.manual_seed(0)
+    dataset = Dataset.from_list(rows)
     trainer = DePOTrainer(
         model=args.model_dir,
         reward_funcs=em_reward if args.scenario == "bad-answer" else reward,
         args=config,
-        train_dataset=Dataset.from_list(rows),
+        # Streamed, the bad answer reaches one process's batch: a dataset at hand is refused when the trainer is built
+        train_dataset=dataset.to_iterable_dataset() if args.scenario == "bad-answer" else dataset,
         processing_class=load_tokenizer(args.model_dir),
     )
     assert trainer.accelerator.num_processes == 2, "expected a two-process launch"

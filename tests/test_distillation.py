@@ -106,16 +106,22 @@ def test_memory_model_of_qwen_7b_with_checkpointing():
     memory = LongPassMemory.of_model(
         config, dtype_bytes=2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False
     )
-    # Held: each layer's input and the head's input, exactly from the shapes
-    assert memory.held == 28 * 3584 * 2 + 3584 * 2
-    # One packed row of the recipes (15360 + 8 x 1001 tokens) keeps 4.5 GiB of layer inputs for the backward
-    assert 4.4 < 23368 * memory.held / 2**30 < 4.6
+    # Held: each layer's input, the final norm's input and output and the head's input, exactly from the shapes
+    assert memory.held == 28 * 3584 * 2 + 3 * 3584 * 2
+    # One packed row of the recipes (15360 + 8 x 1001 tokens) keeps 4.8 GiB of layer inputs for the backward
+    assert 4.7 < 23368 * memory.held / 2**30 < 4.9
     without = LongPassMemory.of_model(
         config, 2, layer_checkpointing=False, rollouts_per_prompt=8, keys_repeated_per_head=False
     )
     assert without.held > 20 * memory.held  # every layer's activations: why the recipes checkpoint
-    # The LM head's float32 weight gradient beside its bf16 copy gathered under ZeRO-3, whatever the tokens
+    # The LM head's float32 weight gradient beside its bf16 copy gathered under ZeRO-3, whatever the tokens, and its
+    # logits tile of 4096 tokens x 32768 vocabulary entries (256 MiB)
     assert memory.fixed == without.fixed == 152064 * 3584 * (4 + 2)
+    assert memory.working_bytes(23368) - 23368 * memory.working == 4096 * 32768 * 2
+    frozen_head = LongPassMemory.of_model(
+        config, 2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False, trainable_head=False
+    )
+    assert frozen_head.fixed == 0
 
 
 def test_every_variant_is_a_registered_distillation():

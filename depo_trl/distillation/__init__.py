@@ -4,10 +4,11 @@ built per generation batch and run per optimizer window by [`~depo_trl.DePOTrain
 A new variant is one file here with a [`Distillation`] subclass, and one line in [`DISTILLATIONS`].
 """
 
-from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch, Rollouts, Window, WindowRecord
+from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch, Window, WindowRecord
 from .iw import IWDistillation
 from .kd import KDDistillation
 from .long_pass import LongPass, LongPassMemory, PassPlan, available_memory, forward_size, holds, plan_pass
+from .rollouts import Rollouts, tokenize_long_prompts
 
 
 DISTILLATIONS: dict[str, type[Distillation]] = {term.name: term for term in (KDDistillation, IWDistillation)}
@@ -30,4 +31,5 @@ __all__ = [
     "forward_size",
     "holds",
     "plan_pass",
+    "tokenize_long_prompts",
 ]

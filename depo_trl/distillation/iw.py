@@ -12,7 +12,8 @@ from ..losses import (
     iw_token_weights,
 )
 from ..user_errors import UsageError
-from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch, Rollouts, WindowRecord
+from .base import Accumulation, ClippedObjective, Distillation, GenerationBatch, WindowRecord
+from .rollouts import Rollouts
 
 
 class IWDistillation(Distillation):

@@ -9,7 +9,8 @@ from ..losses import (
     kd_gradient_surrogate,
     kd_token_weights,
 )
-from .base import Accumulation, Distillation, GenerationBatch, Rollouts, WindowRecord
+from .base import Accumulation, Distillation, GenerationBatch, WindowRecord
+from .rollouts import Rollouts
 
 
 class KDDistillation(Distillation):

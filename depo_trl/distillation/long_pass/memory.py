@@ -1,6 +1,6 @@
 """The long pass's memory model: what it holds per token, how much the device has, and how the forwards run.
 
-A window's rollouts are computed in forwards (packed rows, `depo_trl.long_context`). A forward either keeps what its
+A window's rollouts are computed in forwards (`plan.py`). A forward either keeps what its
 backward needs until the step's single backward ("held"), or is recomputed during that backward ("recomputed": only
 its inputs are kept). From the cheapest ([`plan_pass`]): held with the model's per-layer gradient checkpointing off for
 the pass (each layer runs once), held under it (twice: the layer is recomputed in the backward), recomputed (three
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 from transformers import PretrainedConfig
+from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,30 @@ class LongPassMemory:
     head saves for a scored position.
     `working`: what a running forward needs on top, or the backward of one of its layers: with checkpointing, one
     layer's activations and their gradients; without it, one layer's gradients.
-    `fixed`: bytes a forward's backward takes whatever its length: TRL's fused LM head accumulates its weight's
-    gradient in float32 beside the weight it gathers under ZeRO-3 (`trl/kernels/chunked_logprob.py`), 3.3 GB at 7B.
+    `head_tile`: bytes per token of the logits tile TRL's fused LM head projects the row in, for up to
+    `TOKEN_CHUNK_SIZE` tokens (`trl/kernels/chunked_logprob.py`: `[4096, min(vocab, 32768)]`, 256 MiB at 7B in bf16).
+    `fixed`: bytes a forward's backward takes whatever its length: the fused head accumulates its weight's gradient in
+    float32 beside the weight it gathers under ZeRO-3, 3.3 GB at 7B; nothing when the head is frozen (LoRA).
     """
 
     held: float
     working: float
     fixed: float = 0.0
+    head_tile: float = 0.0
+
+    def working_bytes(self, tokens: int) -> float:
+        """What one running forward of `tokens` tokens needs beside the held parts: its working set and the head's
+        logits tile."""
+        return tokens * self.working + min(tokens, TOKEN_CHUNK_SIZE) * self.head_tile
+
+    def most_tokens(self, per_token: float, budget: float) -> int:
+        """The most tokens whose `per_token` bytes and the head's tile fit in `budget` bytes (0 if none)."""
+        if budget <= 0:
+            return 0
+        tokens = budget / (per_token + self.head_tile)
+        if tokens > TOKEN_CHUNK_SIZE:  # past one tile's rows the tile stops growing
+            tokens = (budget - TOKEN_CHUNK_SIZE * self.head_tile) / per_token
+        return int(tokens)
 
     @classmethod
     def of_model(
@@ -45,6 +64,8 @@ class LongPassMemory:
         keys_repeated_per_head: bool,
         padded_row_tokens: int | None = None,
         eager_attention: bool = False,
+        adapter_bytes: float = 0.0,
+        trainable_head: bool = True,
     ) -> "LongPassMemory":
         """The estimate for a Llama-style decoder (`config`'s text model) computing in `dtype_bytes` per element (the
         residual stream's: float32 weights under bf16 autocast keep it in float32).
@@ -52,7 +73,8 @@ class LongPassMemory:
         `keys_repeated_per_head`: the attention expands grouped keys and values to every query head (SDPA with a
         mask does; flash-attention does not). `padded_row_tokens`: the forwards are padded batches of rows this long
         (the pass without sharing), whose attention builds per-row masks, and with `eager_attention` keeps
-        `heads x row` scores per query token and layer.
+        `heads x row` scores per query token and layer. `adapter_bytes`: what the model's adapters save on top, per
+        token and layer ([`adapter_activation_bytes`]). `trainable_head`: the LM head's weight takes a gradient.
         """
         text = config.get_text_config()
         hidden, heads, layers = text.hidden_size, text.num_attention_heads, text.num_hidden_layers
@@ -61,7 +83,7 @@ class LongPassMemory:
         intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
         # Saved by one decoder layer for its backward, per token: both norms' inputs and outputs, q, k and v and their
         # rotated copies, the attention and o_proj outputs; the MLP's gate, up, activation and product
-        layer = (9 * hidden + 3 * key_width + 4 * intermediate) * dtype_bytes
+        layer = (9 * hidden + 3 * key_width + 4 * intermediate) * dtype_bytes + adapter_bytes
         mask = 0
         if padded_row_tokens is None:
             # The segments' attention call takes the prompt's keys and values once per rollout of the row: at most
@@ -73,12 +95,38 @@ class LongPassMemory:
             mask = padded_row_tokens  # a boolean `(row, row)` mask per row, built once per forward
             if eager_attention:
                 layer += 2 * heads * padded_row_tokens * dtype_bytes  # the scores and their softmax
-        head_input = hidden * dtype_bytes
+        # Beside the layers: the final norm's input and normalized copy, and the hidden state TRL's fused head saves for
+        # a scored position
+        head_input = 3 * hidden * dtype_bytes
         vocab = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 0)
-        head_gradient = vocab * hidden * (4 + dtype_bytes)
+        head_gradient = vocab * hidden * (4 + dtype_bytes) if trainable_head else 0.0
+        head_tile = min(vocab, _CHUNKED_LOGPROB_CHUNK_SIZE) * dtype_bytes
         if layer_checkpointing:
-            return cls(held=layers * hidden * dtype_bytes + head_input, working=2 * layer + mask, fixed=head_gradient)
-        return cls(held=layers * layer + head_input, working=layer + mask, fixed=head_gradient)
+            held, working = layers * hidden * dtype_bytes + head_input, 2 * layer + mask
+        else:
+            held, working = layers * layer + head_input, layer + mask
+        return cls(held=held, working=working, fixed=head_gradient, head_tile=head_tile)
+
+
+def adapter_activation_bytes(model: torch.nn.Module, dtype_bytes: int) -> float:
+    """What the model's LoRA adapters save for the backward, per token and decoder layer (averaged over the layers),
+    beyond what the layer they adapt saves: PEFT computes `lora_B(lora_A(dropout(x)))`, so each adapted linear layer
+    keeps its low-rank intermediate (`rank` values) and, with dropout, its own dropped-out copy of the input and the
+    dropout's mask (`in_features x (dtype_bytes + 1)`). Without dropout `lora_A` saves `x`, which the layer keeps
+    anyway. Zero for a model without adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    total = 0.0
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            total += module.r[adapter] * dtype_bytes
+            if not isinstance(module.lora_dropout[adapter], torch.nn.Identity):
+                total += module.in_features * (dtype_bytes + 1)
+    return total / model.config.get_text_config().num_hidden_layers
 
 
 def forward_size(
@@ -96,11 +144,10 @@ def forward_size(
     with one completion) is the floor: a window that does not fit even that way still runs, and may run out of memory.
     """
     usable = available_bytes - memory.fixed
-    alone = int(usable // (memory.held + memory.working)) if usable > 0 else 0
+    alone = memory.most_tokens(memory.held + memory.working, usable)
     if alone >= window_tokens:
         return window_tokens
-    room = usable - window_tokens * memory.held
-    beside_held = int(room // memory.working) if room > 0 else 0
+    beside_held = memory.most_tokens(memory.working, usable - window_tokens * memory.held)
     if beside_held >= largest_group:
         return beside_held
     return max(alone, smallest_forward)
@@ -109,7 +156,7 @@ def forward_size(
 def holds(memory: LongPassMemory, held_tokens: int, tokens_per_forward: int, available_bytes: float) -> bool:
     """Whether forwards of `tokens_per_forward` tokens, `held_tokens` in all (a prompt counted once per forward it is
     in), can all be kept for the backward: their held parts, one forward's working set and the fixed part fit."""
-    return held_tokens * memory.held + tokens_per_forward * memory.working + memory.fixed <= available_bytes
+    return held_tokens * memory.held + memory.working_bytes(tokens_per_forward) + memory.fixed <= available_bytes
 
 
 class PassPlan(str, enum.Enum):

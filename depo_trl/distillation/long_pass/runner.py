@@ -9,14 +9,16 @@ batches without sharing) of the size the memory model gives (`memory.py`), which
 import functools
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 from transformers.utils import logging
 from trl.trainer.utils import pad
 
+from ..rollouts import Rollouts
 from .checkpointing import backbone, checkpointed_forward, uses_layer_checkpointing, without_layer_checkpointing
-from .memory import LongPassMemory, PassPlan, available_memory, forward_size, plan_pass
+from .memory import LongPassMemory, PassPlan, adapter_activation_bytes, available_memory, forward_size, plan_pass
 from .packed_row import pack_row, packed_row_log_probs
 from .plan import forward_tokens, one_prompt_forward_tokens, packed_row_tokens, plan_forwards
 
@@ -27,6 +29,55 @@ logger = logging.get_logger(__name__)
 NaiveLogProbs = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+# A padding forward's prompt: the last tokens of rollout 0's long prompt
+PADDING_PROMPT_TOKENS = 2
+
+
+def padding_rollouts(rollouts: Rollouts) -> Rollouts:
+    """One rollout of three tokens (the last two of rollout 0's long prompt and its first completion token): what a
+    process runs, with no weight, for each forward it has fewer than the busiest one. Under ZeRO-3 or FSDP every model
+    call gathers the parameters collectively, whatever its length, so the smallest input keeps the processes in step."""
+    prompt = rollouts.long_prompt_ids[0][-PADDING_PROMPT_TOKENS:]
+    completion = rollouts.completion_ids[:1, :1]
+    mask = torch.ones_like(completion)
+    return Rollouts([prompt], completion, mask, mask)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a window's forwards run on this process: its `forwards` (groups of rollout indices, [`plan_forwards`]) of up
+    to `tokens_per_forward` tokens, padded to the `count` every process runs; the tokens held for the backward by the
+    process that holds most (`held_tokens`, which the decision `how` is made for) and by this one (`own_held_tokens`,
+    its padding forwards included); the memory models without and with the model's layer checkpointing (None without
+    a memory reading) and the usable bytes."""
+
+    forwards: list[list[list[int]]]
+    tokens_per_forward: int
+    count: int
+    held_tokens: int
+    own_held_tokens: int
+    how: PassPlan
+    memory: tuple[LongPassMemory, LongPassMemory | None] | None
+    available: int
+    layer_checkpointing: bool
+
+    @property
+    def memory_model(self) -> LongPassMemory | None:
+        """The memory model of the way the forwards run."""
+        if self.memory is None:
+            return None
+        plain, checkpointed = self.memory
+        return plain if self.how == PassPlan.WITHOUT_LAYER_CHECKPOINTS else checkpointed or plain
+
+    def predicted_peak_bytes(self) -> float | None:
+        """This process's peak during the pass as the memory model predicts it, for held forwards: every forward's
+        held part, one forward's working set and the fixed part (None without a memory model)."""
+        used = self.memory_model
+        if used is None:
+            return None
+        return self.own_held_tokens * used.held + used.working_bytes(self.tokens_per_forward) + used.fixed
+
+
 class LongPass:
     """Runs a window's long pass for a [`~depo_trl.distillation.Distillation`]: plans its forwards, agrees them across
     processes, runs each (recomputed in the backward, or held until it), and sums the losses the variant makes of them.
@@ -35,7 +86,7 @@ class LongPass:
         accelerator: the trainer's; its processes agree on the forwards.
         naive_log_probs: TRL's log-prob helper, for the pass without sharing.
         pad_token_id: left padding of long prompts without sharing.
-        share_prefix: pack each prompt's rollouts into one row (`depo_trl.long_context`).
+        share_prefix: pack each prompt's rollouts into one row (`packed_row.py`).
         requested_tokens: `distillation_forward_tokens`; None: the memory model's.
         memory_fraction: share of the free memory the pass may fill.
         rollouts_per_prompt: `num_generations`, for the memory model.
@@ -60,15 +111,8 @@ class LongPass:
         self.rollouts_per_prompt = rollouts_per_prompt
         self._announced: tuple[bool, PassPlan] | None = None
 
-    def run(
-        self,
-        model: torch.nn.Module,
-        rollouts,
-        rows: torch.Tensor,
-        forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sum of `forward_loss(rollout indices, their log-probs (n, T))` over the forwards of `rows`, and the
-        detached log-probs `(B, T)` of every rollout (zero outside `rows`)."""
+    def plan(self, model: torch.nn.Module, rollouts: Rollouts, rows: torch.Tensor) -> WindowPlan:
+        """How the forwards of the window's rollouts `rows` run on this process, agreed with the others."""
         device = self.accelerator.device
         order = rows.tolist()
         lengths, all_keys = rollouts.completion_lengths, rollouts.prompt_keys
@@ -81,35 +125,54 @@ class LongPass:
         size, memory, available = self._forward_size(
             unwrapped, layer_checkpointing, keys, prompt_lengths, completion_lengths
         )
-        forwards = plan_forwards(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
-        held = sum(
-            forward_tokens(forward, prompt_lengths, completion_lengths, self.share_prefix) for forward in forwards
-        )
-        # Every process runs the agreed number of forwards (the extra ones are one rollout with no weight), and runs
-        # them alike: as what the busiest process plans fits
-        count, held = (
-            self.accelerator.gather(torch.tensor([[len(forwards), held]], device=device)).max(0).values.tolist()
-        )
+        planned = plan_forwards(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
+        own = sum(forward_tokens(f, prompt_lengths, completion_lengths, self.share_prefix) for f in planned)
+        padding_tokens = forward_tokens([[0]], [PADDING_PROMPT_TOKENS], [1], self.share_prefix)
+        # Every process runs the agreed number of forwards, and runs them alike: as what the process that holds most
+        # fits. A process with fewer forwards runs padding forwards, held like the others
+        per_process = self.accelerator.gather(torch.tensor([[len(planned), own, padding_tokens]], device=device))
+        count = int(per_process[:, 0].max())
+        held_per_process = per_process[:, 1] + (count - per_process[:, 0]) * per_process[:, 2]
+        held = int(held_per_process.max())
         if memory is None:  # no memory reading: the model's own checkpointing, every forward but the last recomputed
-            plan = PassPlan.RECOMPUTED if count > 1 else PassPlan.HELD
+            how = PassPlan.RECOMPUTED if count > 1 else PassPlan.HELD
         else:
-            plan = plan_pass(*memory, held, size, count, available)
-        self._announce(size, count, held, plan, layer_checkpointing, memory, available)
+            how = plan_pass(*memory, held, size, count, available)
+        forwards = [[[order[position] for position in group] for group in forward] for forward in planned]
+        return WindowPlan(
+            forwards, size, count, held, int(held_per_process[self.accelerator.process_index]), how, memory, available,
+            layer_checkpointing,
+        )  # fmt: skip
+
+    def run(
+        self,
+        model: torch.nn.Module,
+        rollouts: Rollouts,
+        rows: torch.Tensor,
+        forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sum of `forward_loss(rollout indices, their log-probs (n, T))` over the forwards of `rows`, and the
+        detached log-probs `(B, T)` of every rollout (zero outside `rows`)."""
+        device = self.accelerator.device
+        plan = self.plan(model, rollouts, rows)
+        self._announce(plan)
+        unwrapped = self.accelerator.unwrap_model(model)
+        padding = padding_rollouts(rollouts)
         long_logps = torch.zeros(rollouts.loss_mask.shape, dtype=torch.float32, device=device)
-        layers = without_layer_checkpointing if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else nullcontext
+        layers = without_layer_checkpointing if plan.how == PassPlan.WITHOUT_LAYER_CHECKPOINTS else nullcontext
         losses = []
         with layers(unwrapped):
-            for index in range(count):
+            for index in range(plan.count):
                 # The last forward is not recomputed: the backward reaches it first, so holding it raises no peak
-                recomputed = plan == PassPlan.RECOMPUTED and index < count - 1
-                if index < len(forwards):
-                    groups = [[order[position] for position in group] for group in forwards[index]]
+                recomputed = plan.how == PassPlan.RECOMPUTED and index < plan.count - 1
+                if index < len(plan.forwards):
+                    groups = plan.forwards[index]
                     forward_rows = torch.tensor([r for group in groups for r in group], device=device)
                     logps = self._forward(model, unwrapped, rollouts, groups, recomputed)
                     long_logps[forward_rows] = logps.detach().float()
                     losses.append(forward_loss(forward_rows, logps))
                 else:
-                    losses.append(self._forward(model, unwrapped, rollouts, [[0]], recomputed).sum() * 0.0)
+                    losses.append(self._forward(model, unwrapped, padding, [[0]], recomputed).sum() * 0.0)
         # No process has anything to compute: every process skips the pass alike
         loss = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
         return loss, long_logps
@@ -149,6 +212,8 @@ class LongPass:
             keys_repeated_per_head=implementation == "sdpa",
             padded_row_tokens=None if self.share_prefix else smallest,
             eager_attention=implementation == "eager",
+            adapter_bytes=adapter_activation_bytes(unwrapped, compute_bytes),
+            trainable_head=unwrapped.get_output_embeddings().weight.requires_grad,
         )
         plain = shapes(layer_checkpointing=False)
         checkpointed = shapes(layer_checkpointing=True) if layer_checkpointing else None
@@ -156,27 +221,31 @@ class LongPass:
         size = self.requested_tokens or forward_size(sizing, window_tokens, largest_group, smallest, available)
         return size, (plain, checkpointed), available
 
-    def _announce(self, size, count, held, plan, layer_checkpointing, memory, available) -> None:
+    def _announce(self, plan: WindowPlan) -> None:
         """Say once what the pass does, and again when a window makes it run its forwards another way."""
-        decision = (count > 1, plan)
+        decision = (plan.count > 1, plan.how)
         if self._announced == decision or not self.accelerator.is_main_process:
             return
         self._announced = decision
-        forwards = f"{count} forward{'s' if count > 1 else ''} of up to {size} tokens ({held} in all)"
-        held_as = "under the model's layer checkpointing (each layer runs twice)" if layer_checkpointing else "as is"
+        forwards = (
+            f"{plan.count} forward{'s' if plan.count > 1 else ''} of up to {plan.tokens_per_forward} tokens "
+            f"({plan.held_tokens} in all)"
+        )
+        held_as = (
+            "under the model's layer checkpointing (each layer runs twice)" if plan.layer_checkpointing else "as is"
+        )
         what = {
             PassPlan.WITHOUT_LAYER_CHECKPOINTS: "held for the backward, each layer run once (the window fits without "
             "layer checkpoints)",
             PassPlan.HELD: f"held for the backward {held_as}",
             PassPlan.RECOMPUTED: "all but the last recomputed in the backward, since holding them would not fit",
-        }[plan]
-        if memory is None:
+        }[plan.how]
+        used = plan.memory_model
+        if used is None:
             model = "no memory reading on this device"
         else:
-            plain, checkpointed = memory
-            used = plain if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else checkpointed or plain
             model = (
-                f"{available / 2**30:.1f} GiB usable, {used.held / 2**10:.0f} KiB held and "
+                f"{plan.available / 2**30:.1f} GiB usable, {used.held / 2**10:.0f} KiB held and "
                 f"{used.working / 2**10:.0f} KiB working per token, {used.fixed / 2**30:.2f} GiB for the LM head's "
                 "gradient"
             )
