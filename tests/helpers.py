@@ -140,6 +140,12 @@ def make_rows(num_rows: int = 8, num_distractors: int = 6, seed: int = 0) -> lis
     return rows
 
 
+def uneven_dataset() -> Dataset:
+    """Long prompts of different lengths (left padding in the naive pass)."""
+    rows = make_rows(num_rows=4, num_distractors=3) + make_rows(num_rows=4, num_distractors=9, seed=1)
+    return Dataset.from_list([rows[i] for i in (0, 4, 1, 5, 2, 6, 3, 7)])
+
+
 NUM_GENERATIONS = 4
 
 

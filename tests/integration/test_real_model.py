@@ -15,8 +15,9 @@ from depo_trl.models import smollm2
 from depo_trl.scripts.depo import main as train_main
 from depo_trl.scripts.recipe import parse_recipe
 
+from ..helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 SHORT_BUDGET, LONG_BUDGET = 512, 1024
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .helpers import ROOT, run_environment
+from ..helpers import ROOT, run_environment
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from .helpers import WARM_START, largest_difference, launch, saved_weights, step_logs
+from ..helpers import WARM_START, largest_difference, launch, saved_weights, step_logs
 
 
 # The tiny recipe (the toy world's warm start, which earns reward) with a long pass in several forwards per window:

@@ -11,8 +11,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..helpers import ROOT
 
 
 def extra_requirements(distribution: str, extra: str) -> list[Requirement]:

@@ -1,26 +1,21 @@
-"""The training entry point, its recipes, and the vLLM server launcher."""
+"""The recipes (`recipes/`): one per run of the paper, each parses into the settings of the arm it is named after,
+reads data built with its model's tokenizer; the tiny ones train the toy world's warm start."""
 
 import glob
-import json
 import os
-import time
 
 import pytest
 import yaml
-from transformers import AutoModelForCausalLM
 
 from depo_trl import ARMS, arm_for
 from depo_trl.model_utils import load_tokenizer
-from depo_trl.scripts.depo import main
 from depo_trl.scripts.recipe import parse_recipe
-from depo_trl.toy.world import build_toy_tokenizer, generate_rows
+from depo_trl.toy.world import build_toy_tokenizer
 
-from .helpers import WARM_START, largest_difference, launch, saved_weights, step_logs
+from .helpers import ROOT
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True))
-TINY_RECIPE = os.path.join(ROOT, "recipes", "tiny", "depo.yaml")
 
 
 def test_there_is_a_recipe_per_run_of_the_paper():
@@ -65,63 +60,6 @@ def test_unknown_recipe_keys_are_rejected(tmp_path):
     recipe.write_text("model_name_or_path: x\ndataset_name: y\nuse_cpu: true\ndistilation: kd\n")
     with pytest.raises(ValueError, match="distilation"):
         parse_recipe(["--config", str(recipe)])
-
-
-def tiny_args(tmp_path, *overrides):
-    return parse_recipe(["--config", TINY_RECIPE, "--output_dir", str(tmp_path / "run"), *overrides])
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["--reward_funcs", "exact_match"], "reward_funcs 'exact_match': unknown reward function"),
-        (["--dataset_name", "./data/missing_depo"], "no such file or folder; build it"),
-        (["--dataset_name", "data/missing.jsonl"], "no such file or folder; build it"),
-        (["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", "9"], "no vLLM server answers"),
-    ],
-)
-def test_bad_configuration_fails_fast_with_what_to_do(tmp_path, overrides, message):
-    start = time.monotonic()
-    with pytest.raises(ValueError, match=message):
-        main(*tiny_args(tmp_path, *overrides))
-    assert time.monotonic() - start < 30
-
-
-def launch_tiny(tmp_path, *overrides):
-    result = launch(["--config", TINY_RECIPE, "--output_dir", str(tmp_path / "run"), *overrides])
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout + result.stderr
-
-
-@pytest.mark.slow
-def test_tiny_recipe_trains_on_two_processes_saves_and_resumes(tmp_path):
-    launch_tiny(tmp_path)
-    run = tmp_path / "run"
-    model = AutoModelForCausalLM.from_pretrained(run)
-    tokenizer = load_tokenizer(str(run))
-    assert model.config.vocab_size == len(tokenizer)
-    assert largest_difference(saved_weights(run), saved_weights(WARM_START)) > 1e-4
-    state = json.loads((run / "trainer_state.json").read_text())
-    assert state["global_step"] == 4
-    logs = step_logs(run)
-    assert all({"depo/kd_loss", "depo/kd_fraction", "depo/kd_tokens", "depo/logp_gap"} <= set(log) for log in logs)
-    # The distillation term ran: rollouts passed the exact-match threshold and were scored under the long prompt
-    assert all(log["depo/kd_tokens"] > 0 and log["depo/kd_fraction"] > 0 for log in logs)
-    assert any(log["depo/logp_gap"] != 0 for log in logs)
-    card = (run / "README.md").read_text()
-    assert "- depo" in card and "## DePO" in card and "distillation: kd" in card
-
-    output = launch_tiny(tmp_path, "--max_steps", "6")
-    assert "Resuming from" in output and "checkpoint-4" in output
-    state = json.loads((run / "trainer_state.json").read_text())
-    assert state["global_step"] == 6
-    assert [log["step"] for log in state["log_history"] if "loss" in log] == [1, 2, 3, 4, 5, 6]
-
-
-def test_shipped_tiny_assets_match_their_generator():
-    with open(os.path.join(ROOT, "recipes", "tiny", "assets", "toy_world.jsonl")) as handle:
-        shipped = [json.loads(line) for line in handle]
-    assert shipped == json.loads(json.dumps(generate_rows(len(shipped), seed=0)))
 
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if "/tiny/" in p], ids=lambda p: os.path.relpath(p, ROOT))

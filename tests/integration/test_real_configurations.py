@@ -20,10 +20,7 @@ from depo_trl.model_utils import load_tokenizer
 from depo_trl.models.tiny import build_tiny_qwen2
 from depo_trl.rollout_context import rollout_rows
 
-from .helpers import NUM_GENERATIONS, accumulated_gradients, generation_batch, make_rows, make_trainer
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..helpers import NUM_GENERATIONS, ROOT, accumulated_gradients, generation_batch, make_rows, make_trainer
 
 
 def restore_rng_around(function):

@@ -1,4 +1,5 @@
-"""Two-process DePO runs for tests/test_distributed.py: `accelerate launch --multi_gpu --num_processes 2 THIS ...`.
+"""Two-process DePO runs for tests/integration/test_distributed.py:
+`accelerate launch --multi_gpu --num_processes 2 THIS ...`.
 
 Scenarios (the second argument):
 - `one-process-correct`: process 0 gets the rollouts of the prompt that is always rewarded, process 1 those of the

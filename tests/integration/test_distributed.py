@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from .helpers import free_port, run_environment
-from .helpers import launch as launch_entry_point
+from ..helpers import free_port, run_environment
+from ..helpers import launch as launch_entry_point
 
 
 def launch(model_dir, output_dir, scenario: str, *options: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,58 @@
+"""The build command (`python -m depo_trl.data.build`, `depo_trl/data/build.py`): a bad input is one clear error,
+and DePOTrainer trains on what it writes."""
+
+import json
+
+import pytest
+
+from depo_trl import DePOConfig, DePOTrainer
+from depo_trl.model_utils import load_tokenizer
+from depo_trl.rewards import em_reward
+
+from . import INPUTS, run_build
+
+
+def test_bad_input_is_a_clear_error(tmp_path, fixture_model_dir, capsys):
+    def error_line(**kwargs) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            run_build(tmp_path, fixture_model_dir, **kwargs)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    empty = tmp_path / "none.jsonl"
+    empty.write_text(json.dumps({"id": "x", "question": "q", "answerable": False, "answer": "a", "paragraphs": [{}]}))
+    assert "no usable row as --source musique (not answerable: 1)" in error_line(input_path=str(empty))
+    assert "invalid choice: 'nq'" in error_line(source="nq", input_path=INPUTS["musique"][0])
+    tokenizer = load_tokenizer(fixture_model_dir)
+    tokenizer.chat_template = None
+    no_template_dir = str(tmp_path / "no-template")
+    tokenizer.save_pretrained(no_template_dir)
+    with pytest.raises(SystemExit):
+        run_build(tmp_path, no_template_dir)
+    assert f"--tokenizer {no_template_dir}: no chat template" in capsys.readouterr().err
+
+
+def test_depo_trainer_trains_on_the_built_dataset(tmp_path, fixture_model_dir):
+    dataset, _ = run_build(tmp_path, fixture_model_dir)
+    args = DePOConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+    )
+    trainer = DePOTrainer(
+        model=fixture_model_dir,
+        reward_funcs=em_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=load_tokenizer(fixture_model_dir),
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2 and all(log["depo/long_prompt_tokens"] > 1000 for log in logs)

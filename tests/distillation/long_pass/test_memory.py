@@ -1,0 +1,89 @@
+"""The memory model that sizes the long pass (`depo_trl/distillation/long_pass/memory.py`): how long a forward is,
+whether the window's forwards are held for the backward, and the bytes per token of a real model's shapes. What it
+predicts against what the pass really takes: `test_memory_prediction.py`."""
+
+import pytest
+from transformers import Qwen2Config
+
+from depo_trl.distillation import LongPassMemory, PassPlan, forward_size, holds, plan_pass
+
+
+MEMORY = LongPassMemory(held=10.0, working=30.0)
+
+
+def test_the_whole_window_is_one_forward_when_it_fits_alone():
+    assert forward_size(MEMORY, window_tokens=100, largest_group=40, smallest_forward=20, available_bytes=4000) == 100
+
+
+def test_forwards_shrink_to_fit_beside_what_every_forward_holds():
+    # 100 tokens x 40 bytes do not fit in 3000; held parts 100 x 10 leave 2000 for one forward's 30 per token
+    assert forward_size(MEMORY, 100, largest_group=40, smallest_forward=20, available_bytes=3000) == 66
+    assert holds(MEMORY, held_tokens=100, tokens_per_forward=66, available_bytes=3000)
+
+
+def test_forwards_that_would_split_a_prompt_are_sized_to_be_recomputed():
+    # Beside the held parts only 66 tokens fit, less than a prompt with its rollouts (70): a split prompt would be held
+    # once per piece, so the forward is what fits alone (3000 / 40 = 75), to be recomputed
+    assert forward_size(MEMORY, 100, largest_group=70, smallest_forward=20, available_bytes=3000) == 75
+    # Nothing fits: the smallest forward still runs
+    assert forward_size(MEMORY, 100, largest_group=70, smallest_forward=20, available_bytes=0) == 20
+
+
+PLAIN, CHECKPOINTED = LongPassMemory(held=20.0, working=10.0), LongPassMemory(held=5.0, working=20.0)
+
+
+@pytest.mark.parametrize(
+    ("available", "forwards", "checkpointing_model", "plain_model"),
+    [
+        # 100 x 20 + 50 x 10 fit: no layer checkpoints needed
+        (3000, 2, PassPlan.WITHOUT_LAYER_CHECKPOINTS, PassPlan.WITHOUT_LAYER_CHECKPOINTS),
+        # Only the checkpointed layers' inputs fit (100 x 5 + 50 x 20); a model without them recomputes
+        (2000, 2, PassPlan.HELD, PassPlan.RECOMPUTED),
+        (1000, 2, PassPlan.RECOMPUTED, PassPlan.RECOMPUTED),
+        # A single forward is the last: never recomputed, and run as the model is configured
+        (1000, 1, PassPlan.HELD, PassPlan.HELD),
+    ],
+)
+def test_the_pass_runs_the_cheapest_way_that_fits(available, forwards, checkpointing_model, plain_model):
+    assert plan_pass(PLAIN, CHECKPOINTED, 100, 50, forwards, available) == checkpointing_model
+    assert plan_pass(PLAIN, None, 100, 50, forwards, available) == plain_model
+
+
+def test_the_lm_head_gradient_is_set_aside_before_any_token():
+    # The fused head's float32 weight gradient (and its gathered copy) takes 1000 bytes whatever the forward's length
+    memory = LongPassMemory(held=10.0, working=30.0, fixed=1000.0)
+    assert forward_size(memory, 100, largest_group=40, smallest_forward=20, available_bytes=5000) == 100
+    assert forward_size(memory, 100, largest_group=40, smallest_forward=20, available_bytes=4000) == 66
+    assert holds(memory, held_tokens=100, tokens_per_forward=66, available_bytes=4000)
+    assert not holds(memory, held_tokens=100, tokens_per_forward=66, available_bytes=3000)
+
+
+def test_holding_counts_every_copy_of_a_split_prompt():
+    assert holds(MEMORY, held_tokens=100, tokens_per_forward=20, available_bytes=1600)
+    assert not holds(MEMORY, held_tokens=140, tokens_per_forward=20, available_bytes=1600)
+
+
+def test_memory_model_of_qwen_7b_with_checkpointing():
+    config = Qwen2Config(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+        vocab_size=152064,
+    )  # fmt: skip
+    memory = LongPassMemory.of_model(
+        config, dtype_bytes=2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False
+    )
+    # Held: each layer's input, the final norm's input and output and the head's input, exactly from the shapes
+    assert memory.held == 28 * 3584 * 2 + 3 * 3584 * 2
+    # One packed row of the recipes (15360 + 8 x 1001 tokens) keeps 4.8 GiB of layer inputs for the backward
+    assert 4.7 < 23368 * memory.held / 2**30 < 4.9
+    without = LongPassMemory.of_model(
+        config, 2, layer_checkpointing=False, rollouts_per_prompt=8, keys_repeated_per_head=False
+    )
+    assert without.held > 20 * memory.held  # every layer's activations: why the recipes checkpoint
+    # The LM head's float32 weight gradient beside its bf16 copy gathered under ZeRO-3, whatever the tokens, and its
+    # logits tile of 4096 tokens x 32768 vocabulary entries (256 MiB)
+    assert memory.fixed == without.fixed == 152064 * 3584 * (4 + 2)
+    assert memory.working_bytes(23368) - 23368 * memory.working == 4096 * 32768 * 2
+    frozen_head = LongPassMemory.of_model(
+        config, 2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False, trainable_head=False
+    )
+    assert frozen_head.fixed == 0
