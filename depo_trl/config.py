@@ -2,11 +2,16 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from transformers.utils import logging
 from trl import GRPOConfig
 
 from .arms import ARMS, arm_for
+from .checkpoints import check_best_saves, generation_batch_span
 from .distillation import DISTILLATIONS
 from .user_errors import UsageError
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -196,19 +201,32 @@ class DePOConfig(GRPOConfig):
             raise UsageError(f"distillation_coef must be >= 0, got {self.distillation_coef}.")
         if self.distillation in DISTILLATIONS:
             DISTILLATIONS[self.distillation].check_config(self)
-        generation = self.steps_per_generation * self.num_iterations
         # A checkpoint inside a generation batch cannot be resumed exactly: TRL regenerates the batch's rollouts, with
-        # other samples, where the uninterrupted run trained on the rest of the buffered ones
-        steps_between = generation // math.gcd(generation, self.gradient_accumulation_steps)
-        saves_by_steps = self.save_strategy == "steps" and self.save_steps >= 1 and float(self.save_steps).is_integer()
-        if saves_by_steps and int(self.save_steps) % steps_between:
-            raise UsageError(
-                f"save_steps={self.save_steps}: a generation batch spans {steps_between} optimizer steps "
-                f"(steps_per_generation={self.steps_per_generation} x num_iterations={self.num_iterations} micro-steps, "
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps}), and a checkpoint inside one does not "
-                f"resume exactly (its rollouts would be generated again); set save_steps to a multiple of "
-                f"{steps_between}."
+        # other samples, where the uninterrupted run trained on the rest of the buffered ones. Steps given as a ratio
+        # resolve when training starts, where ExactResumeCallback checks them
+        span = generation_batch_span(self)
+        if self.save_strategy == "steps" and self.save_steps >= 1 and self.save_steps % span:
+            if self.save_steps != self.__dataclass_fields__["save_steps"].default:
+                raise UsageError(
+                    f"save_steps={self.save_steps}: a generation batch spans {span} optimizer steps "
+                    f"(steps_per_generation={self.steps_per_generation} x num_iterations={self.num_iterations} "
+                    f"micro-steps, gradient_accumulation_steps={self.gradient_accumulation_steps}), and a checkpoint "
+                    f"inside one does not resume exactly (its rollouts would be generated again); set save_steps to a "
+                    f"multiple of {span}."
+                )
+            # The default, which the user did not choose: round it up (to evaluations too, which load_best_model_at_end
+            # needs the saves to fall on)
+            best_at_end = self.load_best_model_at_end and self.eval_strategy == "steps" and self.eval_steps >= 1
+            unit = math.lcm(span, int(self.eval_steps)) if best_at_end else span
+            rounded = math.ceil(self.save_steps / unit) * unit
+            logger.warning(
+                f"save_steps is not set, and its default {self.save_steps} falls inside a generation batch of {span} "
+                f"optimizer steps, where a checkpoint would not resume exactly: checkpoints are saved every {rounded} "
+                "steps."
             )
+            self.save_steps = rounded
+        if self.eval_steps is not None and self.eval_steps >= 1:
+            check_best_saves(self, int(self.eval_steps))
         if self.vllm_weight_sync not in ("trl", "reload"):
             raise UsageError(f"vllm_weight_sync must be 'trl' or 'reload', got {self.vllm_weight_sync!r}.")
         if self.use_vllm and self.vllm_weight_sync == "reload" and self.vllm_enable_sleep_mode:

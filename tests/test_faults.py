@@ -10,18 +10,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from datasets import DatasetDict, load_from_disk
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from depo_trl.checkpoints import checkpoint_problems, last_complete_checkpoint
 from depo_trl.data.build import main as build_main
 from depo_trl.evaluation import runner
 from depo_trl.evaluation.__main__ import main as evaluation_main
 from depo_trl.evaluation.judge import JudgeCache
 from depo_trl.models.tiny import build_word_level_tokenizer
-from depo_trl.scripts.depo import main
-from depo_trl.scripts.recipe import parse_recipe
 
 from .helpers import ROOT, run_environment
 
@@ -30,102 +26,7 @@ TINY_RECIPE = os.path.join(ROOT, "recipes", "tiny", "depo.yaml")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
-# ---- Checkpoints ---------------------------------------------------------------------------------------------------
-
-
-def write_checkpoint(folder, step: int, sharded: bool = False, deepspeed: bool = False) -> None:
-    """A checkpoint folder laid out as the Trainer saves one (tiny tensors): weights (one safetensors file, or two
-    shards and their index), optimizer, scheduler, RNG state (or DeepSpeed's global_step folder and `latest`), and
-    trainer_state.json, written last."""
-    folder.mkdir(parents=True)
-    weights = {"embed.weight": torch.full((4, 8), float(step)), "head.weight": torch.ones(8, 4)}
-    if sharded:
-        save_file({"embed.weight": weights["embed.weight"]}, folder / "model-00001-of-00002.safetensors")
-        save_file({"head.weight": weights["head.weight"]}, folder / "model-00002-of-00002.safetensors")
-        weight_map = {
-            "embed.weight": "model-00001-of-00002.safetensors",
-            "head.weight": "model-00002-of-00002.safetensors",
-        }
-        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    else:
-        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    if deepspeed:
-        (folder / f"global_step{step}").mkdir()
-        torch.save({"module": weights}, folder / f"global_step{step}" / "mp_rank_00_model_states.pt")
-        (folder / "latest").write_text(f"global_step{step}")
-    else:
-        torch.save({"state": {0: {"exp_avg": torch.zeros(4, 8)}}}, folder / "optimizer.pt")
-        torch.save({"last_epoch": step}, folder / "scheduler.pt")
-    torch.save({"cpu": torch.random.get_rng_state()}, folder / "rng_state.pth")
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}, indent=2))
-
-
-def cut_in_half(path) -> None:
-    os.truncate(path, os.path.getsize(path) // 2)
-
-
-# Each fault a kill, a full disk or a lost write leaves in the newest checkpoint, and what the skip names
-FAULTS = {
-    "weights truncated": (lambda c: cut_in_half(c / "model.safetensors"), "model.safetensors is truncated"),
-    "weights header cut": (lambda c: os.truncate(c / "model.safetensors", 20), "model.safetensors is truncated"),
-    "weights missing": (lambda c: os.remove(c / "model.safetensors"), "no model weights"),
-    "trainer state missing": (lambda c: os.remove(c / "trainer_state.json"), "no trainer_state.json"),
-    "trainer state truncated": (lambda c: cut_in_half(c / "trainer_state.json"), "trainer_state.json is not valid"),
-    "trainer state garbage": (lambda c: (c / "trainer_state.json").write_text("\x00garbage"), "not valid JSON"),
-    "trainer state of another step": (
-        lambda c: (c / "trainer_state.json").write_text('{"global_step": 2}'),
-        "says global_step 2, not 3",
-    ),
-    "optimizer truncated": (lambda c: cut_in_half(c / "optimizer.pt"), "optimizer.pt is truncated"),
-    "rng state empty": (lambda c: os.truncate(c / "rng_state.pth", 0), "rng_state.pth is truncated"),
-}
-
-
-@pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_an_incomplete_checkpoint_is_skipped_for_the_last_complete_one(tmp_path, fault):
-    for step in (1, 2, 3):
-        write_checkpoint(tmp_path / f"checkpoint-{step}", step)
-    assert last_complete_checkpoint(str(tmp_path)) == (str(tmp_path / "checkpoint-3"), [])
-    inject, reason = FAULTS[fault]
-    inject(tmp_path / "checkpoint-3")
-    chosen, skipped = last_complete_checkpoint(str(tmp_path))
-    assert chosen == str(tmp_path / "checkpoint-2")
-    [(folder, why)] = skipped
-    assert folder == "checkpoint-3" and reason in why and "\n" not in why
-
-
-def test_sharded_and_deepspeed_checkpoints_are_checked_without_loading_them(tmp_path):
-    write_checkpoint(tmp_path / "checkpoint-9", 9, sharded=True)
-    write_checkpoint(tmp_path / "checkpoint-10", 10, deepspeed=True)  # newer by number, not by name
-    assert last_complete_checkpoint(str(tmp_path)) == (str(tmp_path / "checkpoint-10"), [])
-    os.remove(tmp_path / "checkpoint-10" / "latest")  # DeepSpeed writes it after every rank's files
-    os.remove(tmp_path / "checkpoint-9" / "model-00002-of-00002.safetensors")
-    assert last_complete_checkpoint(str(tmp_path)) == (
-        None,
-        [
-            ("checkpoint-10", "no DeepSpeed `latest` file (it is written last)"),
-            ("checkpoint-9", "model-00002-of-00002.safetensors (named by model.safetensors.index.json) is missing"),
-        ],
-    )
-    assert last_complete_checkpoint(str(tmp_path / "no-run-yet")) == (None, [])
-
-
-def test_an_incomplete_checkpoint_given_by_hand_is_a_one_line_error(tmp_path):
-    run = tmp_path / "run"
-    write_checkpoint(run / "checkpoint-2", 2)
-    write_checkpoint(run / "checkpoint-4", 4)
-    os.remove(run / "checkpoint-4" / "trainer_state.json")
-    arguments = ["--config", TINY_RECIPE, "--output_dir", str(run)]
-    with pytest.raises(ValueError) as error:
-        main(*parse_recipe([*arguments, "--resume_from_checkpoint", str(run / "checkpoint-4")]))
-    assert str(error.value) == (
-        f"resume_from_checkpoint {run / 'checkpoint-4'}: an incomplete checkpoint (no trainer_state.json); pass a "
-        f"complete one such as {run / 'checkpoint-2'}, or leave it unset to resume from the last complete one in "
-        "output_dir."
-    )
-    with pytest.raises(ValueError, match="resume_from_checkpoint .*checkpoint-7: no such folder"):
-        main(*parse_recipe([*arguments, "--resume_from_checkpoint", str(run / "checkpoint-7")]))
-    assert checkpoint_problems(str(run / "checkpoint-2")) == []
+# ---- Checkpoints (how complete ones are told apart: tests/test_checkpoints.py) -------------------------------------
 
 
 def run_killed_while_saving() -> None:
@@ -182,7 +83,7 @@ def losses(output_dir) -> list[float]:
 
 
 def skip_warnings(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("depo-train: warning:")]
+    return [line for line in stderr.splitlines() if ": skipping checkpoint-" in line]
 
 
 @pytest.mark.slow

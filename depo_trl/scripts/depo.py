@@ -5,8 +5,9 @@
 
 Every `DePOConfig` / `GRPOConfig` / `TrainingArguments` field and every `ModelConfig` field (dtype, attention
 implementation, LoRA) can be set in the recipe or on the command line (the command line wins). The run resumes from
-the last complete checkpoint in `output_dir` (one whose save was interrupted is skipped, with a warning), saves the
-model and tokenizer, writes a model card, and pushes to the Hub when `push_to_hub` is set.
+the newest checkpoint in `output_dir` that is complete for every process (one whose save was interrupted is skipped,
+with a warning; docs/faults-and-resume.md), saves the model and tokenizer, writes a model card, and pushes to the Hub
+when `push_to_hub` is set.
 """
 
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from depo_trl.checkpoints import checkpoint_to_resume
+from depo_trl.checkpoints import check_resume_from_checkpoint, resume_checkpoint
 from depo_trl.config import DePOConfig
 from depo_trl.data.checks import check_dataset
 from depo_trl.data.loading import add_system_prompt, load_depo_dataset, select_split
@@ -66,7 +67,7 @@ def main(
     check_model_source("model_name_or_path", model_args.model_name_or_path)
     if training_args.push_to_hub:  # an offline or unauthenticated push stops the run before it trains
         check_training_push(training_args)
-    checkpoint, skipped = checkpoint_to_resume(training_args)
+    check_resume_from_checkpoint(training_args)  # one given by hand fails here, before the model loads
     check_vllm_server(training_args)
     name = script_args.dataset_name
     dataset = load_depo_dataset(name, script_args.dataset_config, script_args.dataset_streaming)
@@ -108,13 +109,8 @@ def main(
         recipe=Path(recipe_path).read_text(encoding="utf-8") if recipe_path else None,
     )
 
-    for folder, reason in skipped:
-        then = f"resuming from {os.path.basename(checkpoint)}" if checkpoint else "training starts from step 0"
-        trainer.accelerator.print(
-            f"depo-train: warning: output_dir {training_args.output_dir}: skipping {folder}, an incomplete checkpoint "
-            f"({reason}); {then}.",
-            file=sys.stderr,
-        )
+    # Once the processes' group is up: processes on nodes with disks of their own agree on one checkpoint
+    checkpoint = resume_checkpoint(trainer.accelerator, training_args)
     if checkpoint is not None:
         trainer.accelerator.print(f"Resuming from {checkpoint}.")
     trainer.train(resume_from_checkpoint=checkpoint)
