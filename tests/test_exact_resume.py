@@ -161,6 +161,7 @@ EPOCH_INSIDE_A_STEP = {"steps_per_generation": 2, "num_iterations": 3, "gradient
                        "max_steps": -1, "num_train_epochs": 3}  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("save", "saved", "resume_from"), [
     ({"save_strategy": "epoch"}, ["checkpoint-2", "checkpoint-4", "checkpoint-6"], "checkpoint-2"),
     ({"save_strategy": "steps", "save_steps": 3}, ["checkpoint-4", "checkpoint-6"], "checkpoint-4"),
