@@ -2,7 +2,20 @@
 
 import pytest
 
-from depo_trl.rewards import em_reward, exact_match_score, extract_answer, f1_reward, f1_score, normalize_answer
+from depo_trl.rewards import (
+    REWARD_FUNCTIONS,
+    em_reward,
+    exact_match_score,
+    extract_answer,
+    f1_reward,
+    f1_score,
+    get_reward_funcs,
+    normalize_answer,
+    reads_answer_column,
+)
+from depo_trl.user_errors import UsageError
+
+from .helpers import alternating_reward
 
 
 @pytest.mark.parametrize(
@@ -68,3 +81,16 @@ def test_rewards_fail_clearly_on_bad_answers():
         em_reward(["x"])
     with pytest.raises(ValueError, match="Row 1"):
         f1_reward(["x", "y"], answer=["a", []])
+
+
+def test_recipes_name_rewards_from_the_registry_or_by_dotted_path():
+    assert REWARD_FUNCTIONS == {"em": em_reward, "f1": f1_reward}
+    funcs = get_reward_funcs(["f1", "em", "tests.helpers.alternating_reward"])
+    assert funcs == [f1_reward, em_reward, alternating_reward]
+    assert reads_answer_column(funcs) and not reads_answer_column([alternating_reward])
+    with pytest.raises(UsageError, match=r"reward_funcs 'exact_match': unknown reward function; use one of \['em'"):
+        get_reward_funcs(["exact_match"])
+    with pytest.raises(UsageError, match="'tests.helpers.no_such_reward': unknown reward function"):
+        get_reward_funcs(["tests.helpers.no_such_reward"])
+    with pytest.raises(UsageError, match="no reward function"):
+        get_reward_funcs([])

@@ -27,7 +27,10 @@ def test_every_configuration_trains_and_logs_its_metrics(
     trainer = make_trainer(
         tiny_model_dir, tiny_dataset, tmp_path, rollout_context=rollout_context, distillation=distillation
     )
+    before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
     trainer.train()
+    unchanged = [name for name, param in trainer.model.named_parameters() if torch.equal(before[name], param)]
+    assert unchanged == []  # every parameter trained
     step_logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(step_logs) == 2
     for log in step_logs:

@@ -4,11 +4,13 @@ and DePOTrainer trains on what it writes."""
 import json
 
 import pytest
+import torch
 
 from depo_trl import DePOConfig, DePOTrainer
 from depo_trl.model_utils import load_tokenizer
 from depo_trl.rewards import em_reward
 
+from ..helpers import alternating_reward
 from . import INPUTS, run_build
 
 
@@ -46,13 +48,19 @@ def test_depo_trainer_trains_on_the_built_dataset(tmp_path, fixture_model_dir):
         use_cpu=True,
         bf16=False,
     )
+    # A random model earns no exact-match reward, so nothing would train on `em` alone: the alternating reward gives
+    # every group correct and wrong rollouts, and `em` still reads the built `answer` column
     trainer = DePOTrainer(
         model=fixture_model_dir,
-        reward_funcs=em_reward,
+        reward_funcs=[em_reward, alternating_reward],
         args=args,
         train_dataset=dataset,
         processing_class=load_tokenizer(fixture_model_dir),
     )
+    before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 2 and all(log["depo/long_prompt_tokens"] > 1000 for log in logs)
+    assert all(log["depo/kd_tokens"] > 0 for log in logs)  # the long prompts were distilled into
+    unchanged = [name for name, param in trainer.model.named_parameters() if torch.equal(before[name], param)]
+    assert unchanged == []

@@ -20,7 +20,17 @@ from depo_trl.model_utils import load_tokenizer
 from depo_trl.models.tiny import build_tiny_qwen2
 from depo_trl.rollout_context import rollout_rows
 
-from ..helpers import NUM_GENERATIONS, ROOT, accumulated_gradients, generation_batch, make_rows, make_trainer
+from ..helpers import (
+    NUM_GENERATIONS,
+    ROOT,
+    WARM_START,
+    accumulated_gradients,
+    generation_batch,
+    largest_difference,
+    make_rows,
+    make_trainer,
+    saved_weights,
+)
 
 
 def restore_rng_around(function):
@@ -168,6 +178,8 @@ def test_depo_train_console_script_runs_the_tiny_recipe(tmp_path):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    # The warm start earns reward, so the one step moved the weights it saved
+    assert largest_difference(saved_weights(tmp_path / "run"), saved_weights(WARM_START)) > 0
 
 
 def test_behaviour_pass_runs_without_gradient_checkpointing(tiny_model_dir, tiny_dataset, tmp_path):
