@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # CPU machines get the CPU build of torch (on this project's machines `torch==2.13.0` resolves to it); machines with
 # an NVIDIA driver get the regular CUDA build. Override with e.g. `make install TORCH_SPEC="torch==2.8.0"`.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
-check_dirs := depo_trl tests benchmarks
+check_dirs := depo_trl tests benchmarks gpu_check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -111,10 +111,10 @@ tiny-assets: install  ## regenerate recipes/tiny/assets (the toy-world rows the 
 
 # ---- The prepared GPU check (README "The GPU check") ----------------------------------------------------------------
 gpu-bundle: install  ## .gpu_bundle: the wheels the GPU machine lacks (Python 3.12), to carry there
-	$(BIN)/python benchmarks/prepare_gpu_bundle.py
+	$(BIN)/python gpu_check/prepare_gpu_bundle.py
 
-gpu-check:  ## on the GPU machine, offline: install .gpu_bundle and run benchmarks/gpu_check.py into OUT
-	bash benchmarks/run_gpu_check.sh $(OUT)
+gpu-check:  ## on the GPU machine, offline: install .gpu_bundle and run gpu_check/gpu_check.py into OUT
+	bash gpu_check/run_gpu_check.sh $(OUT)
 
 # ---- GPU launches (docs/gpu-training.md; the batch sizes in recipes/README.md) -------------------------------------
 # The main environment with vLLM and flash-attention, on a machine with an NVIDIA driver. vLLM comes first: TRL 1.16

@@ -13,7 +13,7 @@ from ..helpers import ROOT, run_environment
 @pytest.mark.slow
 def test_the_gpu_check_runs_every_step_on_a_cpu(tmp_path):
     command = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--device", "cpu", "--quick",
+        sys.executable, os.path.join(ROOT, "gpu_check", "gpu_check.py"), "--device", "cpu", "--quick",
         "--output-dir", str(tmp_path), "--time-limit", "600",
     ]  # fmt: skip
     result = subprocess.run(
@@ -39,7 +39,7 @@ def test_the_gpu_check_runs_every_step_on_a_cpu(tmp_path):
 def test_the_gpu_check_refuses_cuda_where_there_is_none(tmp_path):
     if __import__("torch").cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--output-dir", str(tmp_path)]
+    command = [sys.executable, os.path.join(ROOT, "gpu_check", "gpu_check.py"), "--output-dir", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=run_environment())
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("python benchmarks/gpu_check.py: error: --device cuda")
+    assert result.stderr.strip().splitlines()[-1].startswith("python gpu_check/gpu_check.py: error: --device cuda")

@@ -1,8 +1,8 @@
 """The prepared GPU check: what only a CUDA device can answer, in order of importance, within a time limit.
 
-    bash benchmarks/run_gpu_check.sh OUT_DIR                 # on the GPU machine: installs .gpu_bundle offline, runs this
-    python benchmarks/gpu_check.py --device cuda --output-dir OUT_DIR [--time-limit 480]
-    python benchmarks/gpu_check.py --device cpu --quick --output-dir OUT_DIR   # the dry run the test suite makes
+    bash gpu_check/run_gpu_check.sh OUT_DIR     # on the GPU machine: installs .gpu_bundle offline and runs this
+    python gpu_check/gpu_check.py --device cuda --output-dir OUT_DIR [--time-limit 480]
+    python gpu_check/gpu_check.py --device cpu --quick --output-dir OUT_DIR   # the dry run the test suite makes
 
 1. `long_pass_exactness`: the shared-prefix long pass equals the naive pass (completion log-probs and the gradients
    of a KD-like and an IW-like loss), with the model's layers checkpointed as the recipes train, for SDPA and, when it
@@ -34,7 +34,8 @@ import torch
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The CPU benchmarks it runs on the GPU (`long_pass_scaling` is imported, `step_cost` run as a script)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from depo_trl.user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors  # noqa: E402
 
@@ -271,9 +272,9 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-@reports_usage_errors("python benchmarks/gpu_check.py")
+@reports_usage_errors("python gpu_check/gpu_check.py")
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python gpu_check/gpu_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--time-limit", type=positive_int, default=480, help="Seconds; no step starts after it.")

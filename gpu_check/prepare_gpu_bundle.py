@@ -1,7 +1,7 @@
 """Prepare what the GPU check needs on a machine that cannot download anything: wheels for Python 3.12 on x86-64.
 
-    python benchmarks/prepare_gpu_bundle.py            # writes .gpu_bundle/ (ignored by git), under 60 MiB
-    bash benchmarks/run_gpu_check.sh OUT_DIR           # on the GPU machine: installs it offline, runs the check
+    python gpu_check/prepare_gpu_bundle.py             # writes .gpu_bundle/ (ignored by git), under 60 MiB
+    bash gpu_check/run_gpu_check.sh OUT_DIR            # on the GPU machine: installs it offline, runs the check
 
 The GPU image (docs: the device tool's KINDS.md) has Python 3.12 with torch, transformers, accelerate, peft, pyarrow,
 pandas, numpy, safetensors, tokenizers, huggingface-hub, psutil, pyyaml, fsspec, xxhash and the rest of `IMAGE`, but
