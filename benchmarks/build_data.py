@@ -2,9 +2,11 @@
 
     python benchmarks/build_data.py [--tokenizer DIR] [--input FILE] [--repeat N]
 
-Defaults: the Qwen2 tokenizer and the 100-record MuSiQue sample in ../shared/data (see SOURCES.md there), falling
-back to the repository's fixtures and a byte-level BPE trained here on them. `--repeat` builds the rows N times under
-different ids, to time more rows over the same paragraph pool. Prints rows per second (a benchmark, not a test).
+Defaults: the repository's MuSiQue sample (`tests/fixtures/musique_sample.jsonl`) and a byte-level BPE trained here
+on it, so it runs anywhere, offline. The README's figure is the Qwen2 tokenizer on a 100-record MuSiQue sample:
+`--tokenizer` a tokenizer folder or Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), `--input` a MuSiQue JSON-lines file.
+`--repeat` builds the rows N times under different ids, to time more rows over the same paragraph pool. Prints rows
+per second (a benchmark, not a test).
 """
 
 import os
@@ -21,7 +23,7 @@ from depo_trl.user_errors import ArgumentParser, check_model_source, positive_in
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, "..", "shared", "data")
+SAMPLE = os.path.join(ROOT, "tests", "fixtures", "musique_sample.jsonl")
 
 
 def local_bpe(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -35,22 +37,17 @@ def local_bpe(texts: list[str]) -> PreTrainedTokenizerFast:
 @reports_usage_errors("python benchmarks/build_data.py")
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python benchmarks/build_data.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", default=None, help="Default: the Qwen2 tokenizer in ../shared, if present.")
-    parser.add_argument("--input", default=None, help="Default: the MuSiQue sample in ../shared, else the fixtures.")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="A tokenizer folder or Hub id. Default: a byte-level BPE trained on the input.",
+    )
+    parser.add_argument("--input", default=SAMPLE, help="MuSiQue JSON lines. Default: the repository's sample.")
     parser.add_argument("--repeat", type=positive_int, default=3)
     args = parser.parse_args(argv)
-    # Only the defaults fall back; a path the user gave must exist
-    if args.input is not None:
-        require_file("--input", args.input)
-    else:
-        args.input = os.path.join(SHARED, "real", "musique_sample.jsonl")
-        if not os.path.isfile(args.input):
-            args.input = os.path.join(ROOT, "tests", "fixtures", "musique_sample.jsonl")
+    require_file("--input", args.input)
     if args.tokenizer is not None:
         check_model_source("--tokenizer", args.tokenizer, what="tokenizer")
-    else:
-        shared_tokenizer = os.path.join(SHARED, "tokenizers", "qwen2-1.5b-instruct")
-        args.tokenizer = shared_tokenizer if os.path.isdir(shared_tokenizer) else None
     examples, _ = adapt("musique", read_records(args.input))
     if args.tokenizer is not None:
         tokenizer, tokenizer_name = load_tokenizer(args.tokenizer), args.tokenizer
