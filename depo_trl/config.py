@@ -48,6 +48,10 @@ class DePOConfig(GRPOConfig):
         share_long_prefix (`bool`, *optional*, defaults to `True`):
             Compute a long prompt once for all its rollouts (one packed row, computed by the model's own SDPA or
             flash-attention). Other attention implementations fall back to one sequence per rollout, with a warning.
+        shuffle_prompt_groups (`bool`, *optional*, defaults to `True`):
+            Shuffle a generation batch by whole prompt groups before it is cut into optimizer steps, so a step's
+            mini-batch holds whole prompts (the paper's mini-batches are counted in prompts) and the long pass computes
+            each long prompt once per step. `False`: TRL's shuffle of single rollouts.
 
     > Parameters that control how the trainer's weights reach vLLM (`use_vllm=True`)
 
@@ -132,6 +136,14 @@ class DePOConfig(GRPOConfig):
         metadata={
             "help": "Compute each long prompt once for all its rollouts (one packed row, computed by the model's own "
             "SDPA or flash-attention). Other attention implementations fall back to one sequence per rollout."
+        },
+    )
+    shuffle_prompt_groups: bool = field(
+        default=True,
+        metadata={
+            "help": "Shuffle a generation batch by whole prompt groups before it is cut into optimizer steps, so a "
+            "step's mini-batch holds whole prompts (the paper's mini-batches are counted in prompts) and the long "
+            "pass computes each long prompt once per step. False: TRL's shuffle of single rollouts."
         },
     )
 

@@ -3,7 +3,8 @@
 Generation, rewards, advantages and the proxy loss are TRL's, untouched. The only changes w.r.t. GRPOTrainer:
 - `_generate_and_score_completions` samples the rollouts from the prompt `rollout_context` names
   (`depo_trl.rollout_context`) and builds the generation batch's long-context term (`depo_trl.distillation`);
-- `_prepare_inputs` gives the micro-batches of one optimizer step a shared [`~depo_trl.distillation.Window`];
+- `_prepare_inputs` shuffles a generation batch by whole prompt groups (`depo_trl.prompt_groups`) and gives the
+  micro-batches of one optimizer step a shared [`~depo_trl.distillation.Window`];
 - `_compute_loss` adds `distillation_coef` times the term: the window's long pass, run by its first micro-batch on
   the window's rollouts regrouped by prompt, and the term's value completed per micro-batch.
 TRL computes two things these overrides read and does not return them: the per-rollout rewards
@@ -17,12 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, is_peft_model
 from datasets import Dataset, IterableDataset
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
+from .checkpoints import ExactResumeCallback
 from .config import DePOConfig
 from .data.checks import check_dataset, datasets_by_split, drop_overlong_rows
 from .distillation import (
@@ -36,7 +38,9 @@ from .distillation import (
     tokenize_long_prompts,
 )
 from .distillation.long_pass import enable_prefix_sharing
+from .distillation.long_pass.checkpointing import reentrant_checkpointing_problem
 from .model_card import PAPER, depo_model_card_section
+from .prompt_groups import PROMPT_GROUP, prompt_groups, shuffled_by_prompt_group
 from .rewards import answer_column_problem, reads_answer_column
 from .rollout_context import rollout_rows
 from .user_errors import UsageError
@@ -121,10 +125,15 @@ class DePOTrainer(GRPOTrainer):
         given_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         for split, dataset in datasets_by_split(train_dataset, eval_dataset):  # before the model loads
             check_dataset(dataset, args, given_funcs, f"The {split} dataset")
+        uses_peft = kwargs.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
+        problem = reentrant_checkpointing_problem(args, uses_peft)
+        if problem:
+            raise UsageError(problem + ".")
         self.recipe = recipe
         self._reward_tap, self._policy_logps_tap = Tap(), Tap()
         with depo_vllm_generation(args.vllm_weight_sync, args.vllm_weight_sync_dir, args.vllm_request_timeout):
             super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class, **kwargs)
+        self.add_callback(ExactResumeCallback())  # checkpoints at generation-batch boundaries, for an exact resume
         self._reads_answer_column = reads_answer_column(self.reward_funcs)
         if args.uses_long_prompt and args.max_long_prompt_length is not None:
             self._drop_overlong_rows(args.max_long_prompt_length)
@@ -199,8 +208,10 @@ class DePOTrainer(GRPOTrainer):
             for _ in range(min(len(short_prompts), len(logged))):
                 logged.pop()
             logged.extend(short_prompts)
-        # Travels with each rollout through TRL's shuffle and split, so the long pass can find a micro-batch's rows
+        # Travel with each rollout through TRL's shuffle and split: the long pass finds a micro-batch's rows by the index,
+        # the shuffle keeps a prompt's rollouts together by the group
         output["rollout_index"] = torch.arange(len(inputs), device=self.accelerator.device)
+        output[PROMPT_GROUP] = prompt_groups([row["prompt"] for row in inputs], self.accelerator.device)
         if self.distillation_class is not None:
             # One reference per rollout: TRL's shuffle and split hand the term to every micro-batch cut from this
             # generation batch, and to no other, so an evaluation in between cannot replace it
@@ -266,7 +277,8 @@ class DePOTrainer(GRPOTrainer):
         return logps
 
     def _prepare_inputs(self, generation_batch):
-        inputs = super()._prepare_inputs(generation_batch)
+        with shuffled_by_prompt_group(self.args.shuffle_prompt_groups):
+            inputs = super()._prepare_inputs(generation_batch)
         if self.distillation_class is None:
             return inputs
         if not self.model.training:  # an evaluation batch is generated, and is its own window

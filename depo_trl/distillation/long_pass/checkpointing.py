@@ -56,3 +56,35 @@ def uses_layer_checkpointing(model: torch.nn.Module) -> bool:
     model then counts the model as not checkpointed (more memory per token than it keeps)."""
     layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
     return bool(layers) and all(layer.gradient_checkpointing for layer in layers)
+
+
+def reentrant_checkpointing_problem(args, uses_peft: bool) -> str | None:
+    """Why the configuration's reentrant layer checkpointing cannot train the distillation term, or None.
+
+    DePO's proxy forward and its long-context forwards run through the same layers before the step's one backward.
+    Reentrant checkpointing recomputes each checkpointed layer in a backward of its own, so a parameter's gradient
+    hook fires once per forward it took part in: DeepSpeed (ZeRO-2 and ZeRO-3) refuses the second reduction, and DDP
+    refuses the second readiness when it looks for unused parameters, uses a static graph, or trains PEFT adapters
+    (measured on two gloo processes; plain DDP trains). TRL itself turns reentrant checkpointing on for PEFT with
+    ZeRO-3. `args` is a `DePOConfig`.
+    """
+    kwargs = getattr(args, "gradient_checkpointing_kwargs", None) or {}
+    zero_stage = args.deepspeed_plugin.zero_stage if getattr(args, "deepspeed_plugin", None) is not None else None
+    forced = uses_peft and zero_stage == 3  # GRPOTrainer sets use_reentrant=True there
+    if not (args.gradient_checkpointing and (kwargs.get("use_reentrant") or forced) and args.distillation != "none"):
+        return None
+    if zero_stage is not None:
+        where = f"with DeepSpeed ZeRO-{zero_stage}" + (" and PEFT, where TRL turns it on," if forced else "")
+    elif args.world_size > 1 and (args.ddp_find_unused_parameters or args.ddp_static_graph or uses_peft):
+        where = "with DDP looking for unused parameters, a static graph or PEFT adapters"
+    else:
+        return None
+    fix = (
+        "train the adapters with ZeRO-2 or DDP, or set activation_checkpointing: false"
+        if forced
+        else "set gradient_checkpointing_kwargs: {use_reentrant: false}"
+    )
+    return (
+        f"gradient_checkpointing_kwargs: reentrant checkpointing {where} computes a parameter's gradient once per "
+        f"forward, and DePO's proxy and long-context forwards share one backward; {fix}"
+    )
