@@ -9,8 +9,8 @@ checkpointing as the recipes use it) on a randomly initialised Qwen2 (CPU: hidde
 
 - naive: every rollout a `[prompt, completion]` sequence, all in one forward (the pass without sharing);
 - shared: what DePOTrainer runs, through its own `depo_trl.distillation.LongPass`: one packed row per prompt through
-  the model's own SDPA or flash-attention (`depo_trl.distillation.long_pass`), in forwards the memory model sizes (the whole
-  prompt with its rollouts where it fits, as at every point here), held for the backward.
+  the model's own SDPA or flash-attention (`depo_trl.distillation.long_pass`), in forwards the memory model sizes
+  (the whole prompt with its rollouts where it fits, as at every point here), held for the backward.
 
 Sweeps: long contexts of 1K, 2K, 4K, 8K tokens at 8 rollouts, and 1, 2, 4, 8, 16 rollouts at 4K; each point runs in
 its own process, so its peak memory (resident set on a CPU, allocator peak on a GPU) is its own. Prints a table,
@@ -262,6 +262,7 @@ def predict_7b() -> list[dict]:
                 flops = (2 * runs + 4) * QWEN_7B_PARAMETERS * held + (runs + 2) * attention_flops * prompts
                 per_token = plain if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else memory
                 kept = size if plan == PassPlan.RECOMPUTED else held
+                long_pass_bytes = kept * per_token.held + per_token.working_bytes(size) + per_token.fixed
                 predictions.append(
                     {
                         "generation": generation,
@@ -270,7 +271,7 @@ def predict_7b() -> list[dict]:
                         "tokens_per_forward": size,
                         "forwards": len(forwards),
                         "plan": plan.value,
-                        "long_pass_gib": (kept * per_token.held + per_token.working_bytes(size) + per_token.fixed) / 2**30,
+                        "long_pass_gib": long_pass_bytes / 2**30,
                         "states_gib": states_gib,
                         "vllm_gib": vllm_gib,
                         "seconds_per_prompt": flops / prompts / throughput,
@@ -382,10 +383,14 @@ def main(argv: list[str] | None = None) -> None:
             results, key=lambda r: (r["rollouts"] != fixed_rollouts, r["prompt_tokens"], r["rollouts"], r["method"])
         )
     ]
+    naive_memory_exponent_length = slope(
+        [r["prompt_tokens"] for r in naive_by_length], [r["peak_mib"] for r in naive_by_length]
+    )
     fits = (
         f"shared pass: memory ~ L^{memory_exponent_length:.2f}, time ~ L^{time_exponent_length:.2f} "
-        f"({fixed_rollouts} rollouts); memory ~ R^{memory_exponent_rollouts:.2f}, time ~ R^{time_exponent_rollouts:.2f} "
-        f"({reference} tokens); naive memory ~ L^{slope([r['prompt_tokens'] for r in naive_by_length], [r['peak_mib'] for r in naive_by_length]):.2f}"
+        f"({fixed_rollouts} rollouts); memory ~ R^{memory_exponent_rollouts:.2f}, "
+        f"time ~ R^{time_exponent_rollouts:.2f} ({reference} tokens); "
+        f"naive memory ~ L^{naive_memory_exponent_length:.2f}"
     )
     report = {"device": args.device, "shape": asdict(shape), "completion_tokens": completion, "results": results}
     text = "\n".join(lines) + "\n\n" + fits + "\n"

@@ -355,7 +355,8 @@ class ExactResumeCallback(TrainerCallback):
     - A resumed run must start at a boundary, and must have a step left to train: transformers would train one step
       past `max_steps` from a checkpoint at `max_steps` in the middle of an epoch. Either is a [`UsageError`] before
       the first step.
-    - A run resumed after its first epoch goes on with the uninterrupted run's order of rows ([`_replay_epoch_orders`]).
+    - A run resumed after its first epoch goes on with the uninterrupted run's order of rows
+      ([`_replay_epoch_orders`]).
     """
 
     def __init__(self):

@@ -10,7 +10,9 @@ if TYPE_CHECKING:
 
 # TRL's model card cites a trainer's `_paper`; no arXiv id of the paper is known to this project, so only its title
 PAPER = {
-    "title": "Decomposing Policy Optimization into Proxy Objective and Knowledge Distillation for Long-Context Reasoning"
+    "title": (
+        "Decomposing Policy Optimization into Proxy Objective and Knowledge Distillation for Long-Context Reasoning"
+    )
 }
 
 _SETTINGS = (

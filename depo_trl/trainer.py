@@ -208,8 +208,8 @@ class DePOTrainer(GRPOTrainer):
             for _ in range(min(len(short_prompts), len(logged))):
                 logged.pop()
             logged.extend(short_prompts)
-        # Travel with each rollout through TRL's shuffle and split: the long pass finds a micro-batch's rows by the index,
-        # the shuffle keeps a prompt's rollouts together by the group
+        # Travel with each rollout through TRL's shuffle and split: the long pass finds a micro-batch's rows by the
+        # index, the shuffle keeps a prompt's rollouts together by the group
         output["rollout_index"] = torch.arange(len(inputs), device=self.accelerator.device)
         output[PROMPT_GROUP] = prompt_groups([row["prompt"] for row in inputs], self.accelerator.device)
         if self.distillation_class is not None:

@@ -115,9 +115,9 @@ class BoundedVLLMClient(VLLMClient):
             if time.monotonic() >= deadline:
                 raise UsageError(
                     f"vllm_server {self.base_url}: /health did not answer 200 within {total_timeout:g} s "
-                    f"(vllm_server_timeout; last try: {last}); start the server (python -m depo_trl.scripts.vllm_server "
-                    "--config <recipe>) and wait for 'Application startup complete', or raise vllm_server_timeout "
-                    "while it loads."
+                    f"(vllm_server_timeout; last try: {last}); start the server "
+                    "(python -m depo_trl.scripts.vllm_server --config <recipe>) and wait for 'Application startup "
+                    "complete', or raise vllm_server_timeout while it loads."
                 )
             time.sleep(min(retry_interval, max(deadline - time.monotonic(), 0.0)))
 
@@ -201,9 +201,9 @@ class DePOVLLMGeneration(VLLMGeneration):
         if response.status_code != 200:
             raise UsageError(
                 f"vllm_server {client.base_url}: did not reload the weights from {folder} (HTTP "
-                f"{response.status_code}: {response.text[:300]}); start it with `python -m depo_trl.scripts.vllm_server`, "
-                "which adds the reload method to vLLM's workers, and make vllm_weight_sync_dir readable at the same path "
-                "on the server."
+                f"{response.status_code}: {response.text[:300]}); start it with "
+                "`python -m depo_trl.scripts.vllm_server`, which adds the reload method to vLLM's workers, and make "
+                "vllm_weight_sync_dir readable at the same path on the server."
             )
         client.reset_prefix_cache()
         # The server has copied the weights into its model (its reload_weights reads the folder once, and nothing in

@@ -2,9 +2,9 @@
 
 A server started by `depo_trl.scripts.vllm_server` adds [`WeightReloadExtension`]'s method to its workers
 (`--worker-extension-cls`), which the trainer calls by name through the `/collective_rpc` endpoint; a colocated engine
-runs [`reload_trained_weights`] in process. Both are vLLM's own `reload_weights`, plus one repair: vLLM reloads layer by
-layer, and a layer that loads no weights of its own keeps its processed kernel tensors. A tied output layer is such a
-layer (its weight arrives as the embedding's); on vLLM's CPU build its matrix product runs on a prepacked copy of the
+runs [`reload_trained_weights`] in process. Both are vLLM's own `reload_weights`, plus one repair: vLLM reloads layer
+by layer, and a layer that loads no weights of its own keeps its processed kernel tensors. A tied output layer is such
+a layer (its weight arrives as the embedding's); on vLLM's CPU build its matrix product runs on a prepacked copy of the
 weight (`dispatch_cpu_unquantized_gemm`), which then still holds the initial weights: measured on SmolLM2-135M, the
 served log-probabilities of a completion stayed up to 0.3 nats from the reloaded model's. Processing the output layer
 again after the reload packs the new weight.
@@ -28,8 +28,9 @@ def reload_trained_weights(
 
 
 class WeightReloadExtension:
-    """Methods vLLM adds to its workers (`vllm serve --worker-extension-cls depo_trl.vllm_worker.WeightReloadExtension`),
-    callable by name through `/collective_rpc`."""
+    """Methods vLLM adds to its workers
+    (`vllm serve --worker-extension-cls depo_trl.vllm_worker.WeightReloadExtension`), callable by name through
+    `/collective_rpc`."""
 
     def reload_trained_weights(self, weights_path: str) -> None:
         """Reload the model from the safetensors files the trainer wrote to `weights_path`."""

@@ -92,8 +92,8 @@ def drop_overlong_rows(
     dropped = len(dataset) - len(keep)
     if dropped:
         logger.warning(
-            f"Dropped {dropped} of {len(dataset)} {split} rows whose long prompt exceeds max_long_prompt_length={limit} "
-            "tokens."
+            f"Dropped {dropped} of {len(dataset)} {split} rows whose long prompt exceeds "
+            f"max_long_prompt_length={limit} tokens."
         )
         dataset = dataset.select(keep)
     return dataset

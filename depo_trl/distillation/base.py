@@ -98,7 +98,8 @@ class Distillation(ABC):
         if steps % accumulation and accumulation % steps:
             raise UsageError(
                 f"The long-context pass runs once per optimizer window of a generation batch, so one of "
-                f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the other."
+                f"steps_per_generation ({steps}) and gradient_accumulation_steps ({accumulation}) must divide the "
+                "other."
             )
 
     @classmethod

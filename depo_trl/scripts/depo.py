@@ -1,6 +1,7 @@
 """DePO training entry point.
 
-    accelerate launch --config_file accelerate_configs/zero3.yaml depo_trl/scripts/depo.py --config recipes/<recipe>.yaml
+    accelerate launch --config_file accelerate_configs/zero3.yaml depo_trl/scripts/depo.py \\
+        --config recipes/<recipe>.yaml
     depo-train --config recipes/tiny/depo.yaml          # console script, single process
 
 Every `DePOConfig` / `GRPOConfig` / `TrainingArguments` field and every `ModelConfig` field (dtype, attention

@@ -43,7 +43,9 @@ def describe(run_dir: str, repo_id: str) -> str:
     if left_out_by_top:
         lines.append("left out:")
     for top, count in sorted(left_out_by_top.items()):
-        why = next((why for pattern, why in LEFT_OUT.items() if fnmatch.fnmatchcase(top, pattern)), "the Hub's own exclusions")
+        why = next(
+            (why for pattern, why in LEFT_OUT.items() if fnmatch.fnmatchcase(top, pattern)), "the Hub's own exclusions"
+        )
         lines.append(f"  {top}{'' if top in left_out else '/'} ({count} file{'s' if count > 1 else ''}: {why})")
     return "\n".join(lines)
 

@@ -64,9 +64,9 @@ def make_parser() -> TrlParser:
 USAGE = "depo-train --config RECIPE [--setting value ...]"
 EXAMPLE = "depo-train --config recipes/tiny/depo.yaml"
 _DESCRIPTION = (
-    "Trains DePO, or one of the paper's baselines, with the settings of a YAML recipe (recipes/<model>/<arm>-<algorithm>.yaml; "
-    "recipes/tiny/*.yaml train a toy model on a CPU in seconds). Any setting can also be given on the command line, "
-    "where it wins over the recipe."
+    "Trains DePO, or one of the paper's baselines, with the settings of a YAML recipe "
+    "(recipes/<model>/<arm>-<algorithm>.yaml; recipes/tiny/*.yaml train a toy model on a CPU in seconds). Any setting "
+    "can also be given on the command line, where it wins over the recipe."
 )
 _EXAMPLES = [
     f"{EXAMPLE} --output_dir runs/tiny/try --max_steps 8",

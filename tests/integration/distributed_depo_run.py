@@ -6,8 +6,8 @@ Scenarios (the second argument):
   prompt that never is, so one process distils and the other runs only the zero-weighted long pass. With
   `--forward-tokens 70` the two processes have different forward counts (2 and 0).
 - `uneven-forwards`: three prompts per process; process 0's share one long prompt, process 1's have three different
-  and longer ones, so the shared-prefix pass with `--forward-tokens 150` plans 1 forward on process 0 and 4 on process 1
-  (DePO-IW; with KD, process 1 has no correct rollout and plans none).
+  and longer ones, so the shared-prefix pass with `--forward-tokens 150` plans 1 forward on process 0 and 4 on
+  process 1 (DePO-IW; with KD, process 1 has no correct rollout and plans none).
 - `overlong-eval`: `evaluate()` on a dataset where one process's long prompt exceeds `max_long_prompt_length`.
 - `bad-answer`: the exact-match reward on streamed rows where one process's row has an unusable `answer` ([]).
 - `oom-on-process-1`: process 1 runs out of memory in its second long pass, while process 0 goes on into the step's

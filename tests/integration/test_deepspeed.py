@@ -1,8 +1,8 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 for real: two CPU processes (gloo) through `accelerate launch` and the entry point.
 
 Under plain SGD without gradient clipping the parameters after a few steps are a linear function of the summed
-gradients, so a wrong gradient scale (a forward counted twice, a missing all-reduce, a recomputed forward whose gathered
-weights are stale) shows up in them; Adam would normalise it away.
+gradients, so a wrong gradient scale (a forward counted twice, a missing all-reduce, a recomputed forward whose
+gathered weights are stale) shows up in them; Adam would normalise it away.
 """
 
 import shutil

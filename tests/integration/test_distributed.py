@@ -16,8 +16,8 @@ def launch(model_dir, output_dir, scenario: str, *options: str) -> subprocess.Co
     script = os.path.join(os.path.dirname(__file__), "distributed_depo_run.py")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        script, model_dir, scenario, str(output_dir), *options,
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), script, model_dir, scenario, str(output_dir), *options,
     ]  # fmt: skip
     # `--multi_gpu` on a machine without CUDA starts torchrun with the gloo backend (`--cpu` would start one process).
     # A hang (a process skipping a collective the other makes) shows up as a timeout here.

@@ -1,10 +1,10 @@
-"""The long pass: the completion log-probabilities of a window's rollouts under their long prompts, for every variant of
-the distillation term (docs/design.md, "The long-context pass").
+"""The long pass: the completion log-probabilities of a window's rollouts under their long prompts, for every variant
+of the distillation term (docs/design.md, "The long-context pass").
 
-Its unit of work is a *forward*: one model call, on one packed row (a group per prompt, its rollouts after it) or, without
-prefix sharing, one padded batch. `plan.py` splits a window into forwards, `memory.py` sizes them and decides what they
-keep for the backward, `checkpointing.py` applies that decision, `packed_row.py` and `attention.py` build and compute a
-packed row, and `runner.py` ([`LongPass`]) runs the plan alike on every process.
+Its unit of work is a *forward*: one model call, on one packed row (a group per prompt, its rollouts after it) or,
+without prefix sharing, one padded batch. `plan.py` splits a window into forwards, `memory.py` sizes them and decides
+what they keep for the backward, `checkpointing.py` applies that decision, `packed_row.py` and `attention.py` build and
+compute a packed row, and `runner.py` ([`LongPass`]) runs the plan alike on every process.
 """
 
 from .attention import enable_prefix_sharing, install_shared_prefix_attention, layer_attention_windows

@@ -95,8 +95,8 @@ class LongPassMemory:
             mask = padded_row_tokens  # a boolean `(row, row)` mask per row, built once per forward
             if eager_attention:
                 layer += 2 * heads * padded_row_tokens * dtype_bytes  # the scores and their softmax
-        # Beside the layers: the final norm's input and normalized copy, and the hidden state TRL's fused head saves for
-        # a scored position
+        # Beside the layers: the final norm's input and normalized copy, and the hidden state TRL's fused head saves
+        # for a scored position
         head_input = 3 * hidden * dtype_bytes
         vocab = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 0)
         head_gradient = vocab * hidden * (4 + dtype_bytes) if trainable_head else 0.0

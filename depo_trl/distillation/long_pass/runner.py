@@ -2,8 +2,8 @@
 
 The rollouts are planned into forwards (`plan.py`: packed rows sharing each long prompt, `packed_row.py`, or padded
 batches without sharing) of the size the memory model gives (`memory.py`), which also decides how they run
-(`memory.plan_pass`, with `checkpointing.py`). Every process runs as many forwards and runs them alike, since under ZeRO-3 or FSDP each forward
-(and each recomputation) gathers parameters collectively.
+(`memory.plan_pass`, with `checkpointing.py`). Every process runs as many forwards and runs them alike, since under
+ZeRO-3 or FSDP each forward (and each recomputation) gathers parameters collectively.
 """
 
 import functools
@@ -36,7 +36,8 @@ PADDING_PROMPT_TOKENS = 2
 def padding_rollouts(rollouts: Rollouts) -> Rollouts:
     """One rollout of three tokens (the last two of rollout 0's long prompt and its first completion token): what a
     process runs, with no weight, for each forward it has fewer than the busiest one. Under ZeRO-3 or FSDP every model
-    call gathers the parameters collectively, whatever its length, so the smallest input keeps the processes in step."""
+    call gathers the parameters collectively, whatever its length, so the smallest input keeps the processes in
+    step."""
     prompt = rollouts.long_prompt_ids[0][-PADDING_PROMPT_TOKENS:]
     completion = rollouts.completion_ids[:1, :1]
     mask = torch.ones_like(completion)
