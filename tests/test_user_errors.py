@@ -16,7 +16,7 @@ from depo_trl.toy import comparison as toy_comparison
 from depo_trl.toy import world
 from depo_trl.user_errors import looks_like_local_path
 
-from .conftest import make_rows
+from .helpers import make_rows
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
