@@ -16,6 +16,8 @@ from .helpers import ROOT
 
 
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True))
+# The paper's algorithms by the settings that make them in TRL: (loss_type, importance_sampling_level)
+ALGORITHMS = {"grpo": ("grpo", "token"), "dapo": ("dapo", "token"), "gspo": ("grpo", "sequence")}
 
 
 def test_there_is_a_recipe_per_run_of_the_paper():
@@ -37,7 +39,12 @@ def test_every_recipe_parses_without_unknown_keys(path):
     # Named <arm>-<algorithm>.yaml (tiny: <arm>.yaml) after the arm its settings make
     arm = arm_for(training_args.rollout_context, training_args.distillation)
     name = os.path.basename(path).removesuffix(".yaml")
-    assert arm is not None and name in {arm.name, *(f"{arm.name}-{a}" for a in ("grpo", "dapo", "gspo"))}
+    assert arm is not None and name in {arm.name, *(f"{arm.name}-{a}" for a in ALGORITHMS)}
+    # ... and after the algorithm its settings make
+    algorithm = name.removeprefix(arm.name).removeprefix("-")
+    if algorithm:
+        settings = (training_args.loss_type, training_args.importance_sampling_level)
+        assert settings == ALGORITHMS[algorithm], (algorithm, settings)
     assert model_args.model_name_or_path and script_args.dataset_name
     assert script_args.reward_funcs == ["em"]
     with open(path) as handle:
