@@ -4,10 +4,10 @@
     python benchmarks/long_pass_memory.py --output-dir runs/long_pass_memory [--lora] [--without-layer-checkpoints]
     accelerate launch --multi_gpu --num_processes 2 benchmarks/long_pass_memory.py --uneven --output-dir ...
 
-A random Qwen2 (float32 on a CPU, bfloat16 on a GPU, SDPA) with the recipes' gradient checkpointing runs the pass of
-`--prompts` prompts of `--prompt-tokens` tokens with `--rollouts` completions each, one prompt per forward, held for the
-backward (under the layers' checkpoints, or without them). `--lora` wraps the model in a PEFT LoRA adapter on every
-linear layer (rank 16, dropout 0.05). `--uneven`: the last process has one prompt, so it runs padding forwards.
+A random Qwen2 (float32 on a CPU, bfloat16 on a GPU, SDPA) with the recipes' gradient checkpointing runs the pass
+of `--prompts` prompts of `--prompt-tokens` tokens with `--rollouts` completions each, one prompt per forward, held
+for the backward (under the layers' checkpoints, or without them). `--lora` wraps the model in a PEFT LoRA adapter on
+every linear layer (rank 16, dropout 0.05). `--uneven`: the last process has one prompt, so it runs padding forwards.
 Peaks: `torch.cuda.max_memory_allocated` on a GPU; on a CPU the resident set's high-water mark (`VmHWM`, reset through
 `/proc/self/clear_refs` before the pass), with glibc returning freed blocks at once. Parameter gradients exist before
 the pass (a warm-up step keeps them), as in every step but the first. Each process writes `rank<r>.json` and prints

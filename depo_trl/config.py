@@ -2,6 +2,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from accelerate.utils import DistributedType
 from transformers.utils import logging
 from trl import GRPOConfig
 
@@ -239,6 +240,19 @@ class DePOConfig(GRPOConfig):
             self.save_steps = rounded
         if self.eval_steps is not None and self.eval_steps >= 1:
             check_best_saves(self, int(self.eval_steps))
+        # Accelerate shards with FSDP only on accelerators: launched with an FSDP config on CPUs it silently runs DDP
+        state = getattr(self, "distributed_state", None)
+        fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if (
+            fsdp_asked
+            and state is not None
+            and state.distributed_type in (DistributedType.MULTI_CPU, DistributedType.NO)
+        ):
+            raise UsageError(
+                f"accelerate launch with an FSDP config on {'CPUs' if state.device.type == 'cpu' else 'one process'}: "
+                f"Accelerate runs {state.distributed_type.value} there, not FSDP; on CPUs launch with "
+                "accelerate_configs/ddp.yaml, zero2.yaml or zero3.yaml, and keep fsdp2.yaml for GPUs."
+            )
         if self.vllm_weight_sync not in ("trl", "reload"):
             raise UsageError(f"vllm_weight_sync must be 'trl' or 'reload', got {self.vllm_weight_sync!r}.")
         if self.use_vllm and self.vllm_weight_sync == "reload" and self.vllm_enable_sleep_mode:

@@ -55,14 +55,14 @@ def run_environment(**extra: str) -> dict[str, str]:
 
 
 def launch(
-    arguments: list[str], backend: str = "ddp", processes: int = 2, timeout: float = 600
+    arguments: list[str], backend: str = "ddp", processes: int = 2, timeout: float = 600, script: str = ENTRY_POINT
 ) -> subprocess.CompletedProcess:
-    """`accelerate launch` the training entry point with `arguments` on `processes` CPU processes. A hang (one
-    process skipping a collective the other makes) shows up as a timeout."""
+    """`accelerate launch` the training entry point (or `script`) with `arguments` on `processes` CPU processes. A
+    hang (one process skipping a collective the other makes) shows up as a timeout."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", *BACKENDS[backend], "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), ENTRY_POINT, *arguments,
+        "--main_process_port", str(free_port()), script, *arguments,
     ]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=run_environment())
 
