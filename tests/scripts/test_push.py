@@ -1,5 +1,6 @@
-"""`python -m depo_trl.scripts.push`: the dry run and the offline push as a user types them, and the push itself with
-the Hub's API stood in for (no network here): what it uploads, the model card naming the repository, one-line errors."""
+"""`python -m depo_trl.scripts.push`: the dry run and the offline push as a user types them, and the push itself
+with the Hub's API stood in for (no network here): what it uploads, the model card naming the repository, one-line
+errors."""
 
 import os
 import subprocess

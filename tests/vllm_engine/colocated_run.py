@@ -1,4 +1,5 @@
-"""One colocated DePO run for tests/vllm_engine/test_colocate.py: `python colocated_run.py RESULT.json DEPO-TRAIN-ARGS...`.
+"""One colocated DePO run for tests/vllm_engine/test_colocate.py:
+`python colocated_run.py RESULT.json DEPO-TRAIN-ARGS...`.
 
 Trains through the entry point's own `main`, with vLLM colocated in this process, then scores a fixed completion with
 the engine: as training left it (synced before step 2's rollouts with the weights after step 1, which checkpoint-1
