@@ -123,13 +123,29 @@ def save_whole(dataset: DatasetDict, stats: dict, output_dir: str) -> None:
         dataset.save_to_disk(partial)
         with open(os.path.join(partial, "stats.json"), "w", encoding="utf-8") as handle:
             json.dump(stats, handle, indent=2)
+        sync_folder(partial)
     except BaseException:  # a full disk, Ctrl-C: nothing half-written stays behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if os.path.isdir(target):  # a folder cannot be renamed over a non-empty one: move the old build aside first
         os.replace(target, previous)
     os.replace(partial, target)
+    sync_folder(os.path.dirname(target))  # the rename itself
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def sync_folder(folder: str) -> None:
+    """Flush `folder`'s files and the folder itself to disk: a rename is only as durable as what it names, and after a
+    machine crash a renamed folder could otherwise hold files the system had not yet written."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @reports_usage_errors("python -m depo_trl.data.build")

@@ -2,6 +2,7 @@
 and DePOTrainer trains on what it writes."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -64,3 +65,23 @@ def test_depo_trainer_trains_on_the_built_dataset(tmp_path, fixture_model_dir):
     assert all(log["depo/kd_tokens"] > 0 for log in logs)  # the long prompts were distilled into
     unchanged = [name for name, param in trainer.model.named_parameters() if torch.equal(before[name], param)]
     assert unchanged == []
+
+
+def test_the_build_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    from depo_trl.data import build
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a))) or real_replace(a, b))
+    target = tmp_path / "built"
+    build.save_whole(DatasetDict({"train": Dataset.from_list([{"prompt": "p"}])}), {"rows": 1}, str(target))
+    rename = events.index(("replace", f"{target}.partial"))
+    synced = {path for kind, path in events[:rename] if kind == "fsync"}
+    written = {str(path).replace(str(target), f"{target}.partial") for path in target.rglob("*") if path.is_file()}
+    assert written and written <= synced  # every file of the build, and its folder, before the rename
+    assert f"{target}.partial" in synced and ("fsync", str(tmp_path)) in events[rename:]
