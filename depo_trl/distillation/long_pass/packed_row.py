@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers import PretrainedConfig
 
 
 # Keyword argument that carries a row's layout from the model call down to every attention layer
@@ -102,6 +103,13 @@ def pack_row(
     )
 
 
+def self_attention_layers(config: PretrainedConfig) -> int:
+    """The layers of a text-only forward that attend over the row itself: every decoder layer but cross-attention ones
+    (Mllama's, which a forward without images skips)."""
+    text = config.get_text_config()
+    return text.num_hidden_layers - len(getattr(text, "cross_attention_layers", None) or [])
+
+
 def packed_row_log_probs(
     model: torch.nn.Module, packed: PackedRow, attention_layers: int, **model_kwargs
 ) -> torch.Tensor:
@@ -111,7 +119,7 @@ def packed_row_log_probs(
     row from its layout, so no `L x L` mask (or packed-sequence detection) is made for it. An attention layer that
     does not go through transformers' registered attention function never sees the layout and would attend over the
     placeholder, without the row's causal structure: a model with such a layer is refused before its log-probs are
-    used (`attention_layers`: how many layers the model has).
+    used (`attention_layers`: how many layers attend over the row, [`self_attention_layers`]).
     """
     log_probs = model(
         input_ids=packed.input_ids,

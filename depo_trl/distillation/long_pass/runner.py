@@ -19,7 +19,7 @@ from trl.trainer.utils import pad
 from ..rollouts import Rollouts
 from .checkpointing import backbone, checkpointed_forward, uses_layer_checkpointing, without_layer_checkpointing
 from .memory import LongPassMemory, PassPlan, adapter_activation_bytes, available_memory, forward_size, plan_pass
-from .packed_row import pack_row, packed_row_log_probs
+from .packed_row import pack_row, packed_row_log_probs, self_attention_layers
 from .plan import forward_tokens, one_prompt_forward_tokens, packed_row_tokens, plan_forwards
 
 
@@ -289,7 +289,7 @@ class LongPass:
         # MoE: the load-balancing loss would read the attention mask, here a placeholder, and is not used
         router = {"output_router_logits": False} if getattr(config, "output_router_logits", False) else {}
         with self.accelerator.autocast():
-            log_probs = packed_row_log_probs(model, packed, config.num_hidden_layers, **router)
+            log_probs = packed_row_log_probs(model, packed, self_attention_layers(config), **router)
         order = [r for group in groups for r in group]
         position_of = {rollout: position for position, rollout in enumerate(order)}
         logps = log_probs.new_zeros((len(order), rollouts.completion_ids.size(1)))

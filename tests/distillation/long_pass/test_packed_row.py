@@ -52,3 +52,50 @@ def test_a_model_whose_attention_ignores_the_packed_layout_is_refused(tiny_model
     batch = generation_batch(trainer, tiny_dataset, num_prompts=2)
     with pytest.raises(RuntimeError, match="1 of the model's 2 attention layers computed the packed"):
         accumulated_gradients(trainer, [batch])
+
+
+def test_mllama_whose_cross_attention_layers_a_text_forward_skips_computes_a_packed_row_exactly():
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+    from trl.trainer.utils import add_fused_lm_head
+
+    from depo_trl.distillation.long_pass import install_shared_prefix_attention, packed_row_log_probs
+    from depo_trl.distillation.long_pass.packed_row import self_attention_layers
+
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_global_layers": 1,
+        "attention_heads": 4,
+        "image_size": 28,
+        "patch_size": 14,
+        "max_num_tiles": 4,
+        "vision_output_dim": 64,
+        "intermediate_layers_indices": [0],
+    }
+    text = {
+        "vocab_size": 100,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "cross_attention_layers": [1],
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=99)  # fmt: skip
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = MllamaForConditionalGeneration(config)
+    add_fused_lm_head(model, temperature=1.0)
+    assert install_shared_prefix_attention("sdpa") and self_attention_layers(config) == 3
+    prompt, completions = torch.randint(3, 90, (20,)), [torch.randint(3, 90, (5,)), torch.randint(3, 90, (4,))]
+    row = pack_row([(prompt, list(enumerate(completions)))])
+    packed = packed_row_log_probs(model, row, self_attention_layers(config))  # the three self-attention layers ran it
+    for rollout, completion in enumerate(completions):
+        ids = torch.cat([prompt, completion]).unsqueeze(0)
+        labels = ids.masked_fill(torch.arange(ids.size(1)) < len(prompt), -100)
+        naive = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs[0, len(prompt) - 1 :]
+        torch.testing.assert_close(packed[0, row.position[row.rollout == rollout] - 1], naive, rtol=1e-5, atol=1e-5)
