@@ -10,10 +10,12 @@
    the layer checkpoints (the recipes' regime at 7B) and with them turned off (where the window fits).
 2. `depo_steps`: three DePO steps of the tiny recipe (`recipes/tiny/depo.yaml`) through the entry point, in bfloat16 on
    the GPU: the parameters move and the distillation term runs.
-3. `long_pass_scaling`: the long pass alone at 4K, 8K, 16K and 32K-token prompts x 8 rollouts of 1K tokens on a random
+3. `fsdp2_steps`: three DePO steps of the tiny recipe launched with `accelerate_configs/fsdp2.yaml` on one GPU (on a
+   CPU: that the launch is refused in one line, since Accelerate would run DDP).
+4. `long_pass_scaling`: the long pass alone at 4K, 8K, 16K and 32K-token prompts x 8 rollouts of 1K tokens on a random
    Qwen2 of Qwen2-1.5B's width (4 layers), shared and naive: time and peak `torch.cuda.max_memory_allocated` beside the
    memory model's prediction (`benchmarks/long_pass_scaling.py`, each point in its own process).
-4. `step_cost`: `benchmarks/step_cost.py --device cuda`.
+5. `step_cost`: `benchmarks/step_cost.py --device cuda`.
 
 Each step is timed and guarded: a failure is recorded with its traceback's end and the next step still runs; no step
 starts past the time limit, and the results so far are written after every step: `gpu_check.json` (everything) and
@@ -178,6 +180,38 @@ def depo_steps(device: str, quick: bool, output_dir: str) -> dict:
     }
 
 
+def fsdp2_steps(device: str, output_dir: str, deadline: float) -> dict:
+    """Three DePO steps of the tiny recipe launched with the shipped `accelerate_configs/fsdp2.yaml` on one GPU, the
+    long pass split over several forwards. On a CPU, Accelerate would run DDP with that config: the check is then that
+    the launch stops in one line (CPU processes are sharded for real in tests/integration/test_fsdp2.py)."""
+    run_dir = os.path.join(output_dir, "tiny_fsdp2")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/fsdp2.yaml",
+        "--num_processes", "1", "--mixed_precision", "bf16" if device == "cuda" else "no",
+        os.path.join("depo_trl", "scripts", "depo.py"), "--config", "recipes/tiny/depo.yaml", "--output_dir", run_dir,
+        "--max_steps", "3", "--save_strategy", "no", "--report_to", "none", "--max_long_prompt_length", "150",
+        "--distillation_forward_tokens", "200",
+    ]  # fmt: skip
+    command += ["--use_cpu", "false", "--bf16", "true"] if device == "cuda" else []
+    timeout = max(deadline - time.monotonic(), 1.0)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if device != "cuda":
+        refused = [line for line in result.stderr.splitlines() if "FSDP config on CPUs" in line]
+        if result.returncode == 0 or not refused:
+            raise AssertionError(f"the FSDP config was not refused on a CPU: {result.stderr[-2000:]}")
+        return {"refused_on_cpu": refused[0]}
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    with open(os.path.join(run_dir, "trainer_state.json")) as handle:
+        logs = [log for log in json.load(handle)["log_history"] if "loss" in log]
+    return {
+        "steps": len(logs),
+        "loss": [log["loss"] for log in logs],
+        "kd_tokens": [log.get("depo/kd_tokens") for log in logs],
+        "seconds_per_step": [log.get("step_time") for log in logs],
+    }
+
+
 def long_pass_scaling(device: str, quick: bool, deadline: float) -> dict:
     import long_pass_scaling as scaling
 
@@ -295,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     steps: list[tuple[str, Callable[[], dict]]] = [
         ("long_pass_exactness", lambda: long_pass_exactness(args.device, args.quick, deadline)),
         ("depo_steps", lambda: depo_steps(args.device, args.quick, args.output_dir)),
+        ("fsdp2_steps", lambda: fsdp2_steps(args.device, args.output_dir, deadline)),
         ("long_pass_scaling", lambda: long_pass_scaling(args.device, args.quick, deadline)),
         ("step_cost", lambda: step_cost(args.device, args.quick, deadline)),
     ]
