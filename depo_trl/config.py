@@ -9,6 +9,7 @@ from trl import GRPOConfig
 from .arms import ARMS, arm_for
 from .checkpoints import check_best_saves, generation_batch_span
 from .distillation import DISTILLATIONS
+from .distillation.long_pass import sequence_parallel
 from .user_errors import UsageError
 
 
@@ -240,6 +241,9 @@ class DePOConfig(GRPOConfig):
             self.save_steps = rounded
         if self.eval_steps is not None and self.eval_steps >= 1:
             check_best_saves(self, int(self.eval_steps))
+        problem = sequence_parallel.configuration_problem(self, sequence_parallel.launched_size())
+        if problem:
+            raise UsageError(problem + ".")
         # Accelerate shards with FSDP only on accelerators: launched with an FSDP config on CPUs it silently runs DDP
         state = getattr(self, "distributed_state", None)
         fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"

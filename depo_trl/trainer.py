@@ -37,8 +37,9 @@ from .distillation import (
     Window,
     tokenize_long_prompts,
 )
-from .distillation.long_pass import enable_prefix_sharing
+from .distillation.long_pass import enable_prefix_sharing, sequence_parallel
 from .distillation.long_pass.checkpointing import reentrant_checkpointing_problem
+from .distillation.long_pass.sequence_parallel import SequenceParallelGroup
 from .model_card import PAPER, depo_model_card_section
 from .prompt_groups import PROMPT_GROUP, prompt_groups, shuffled_by_prompt_group
 from .rewards import answer_column_problem, reads_answer_column
@@ -105,6 +106,9 @@ class DePOTrainer(GRPOTrainer):
     _tag_names = ["trl", "grpo", "depo"]
     _name = "DePO"
     _paper = PAPER
+    #: Ranks that split each long-pass forward, from the accelerate config's `parallelism_config` (set when the
+    #: accelerator is built)
+    sequence_parallel_size: int = 1
 
     def __init__(
         self,
@@ -140,6 +144,14 @@ class DePOTrainer(GRPOTrainer):
         self.distillation_class = DISTILLATIONS.get(args.distillation)
         if self.distillation_class is not None:
             config = self.accelerator.unwrap_model(self.model).config
+            group = None
+            if self.sequence_parallel_size > 1:
+                problem = sequence_parallel.model_problem(config, self.sequence_parallel_size, args.world_size)
+                if problem:
+                    raise UsageError(problem + ".")
+                group = SequenceParallelGroup.create(
+                    self.sequence_parallel_size, self.accelerator.process_index, self.accelerator.num_processes
+                )
             self.long_pass = LongPass(
                 self.accelerator,
                 naive_log_probs=self._naive_long_log_probs,
@@ -148,7 +160,18 @@ class DePOTrainer(GRPOTrainer):
                 requested_tokens=args.distillation_forward_tokens,
                 memory_fraction=args.distillation_memory_fraction,
                 rollouts_per_prompt=args.num_generations,
+                sequence_parallel=group,
             )
+
+    def create_accelerator_and_postprocess(self):
+        """Transformers' accelerator, whose sequence parallelism (an accelerate config's `parallelism_config`) DePO
+        takes for its long pass only: Accelerate's own would shard the dataloader's batches as token rows, and DePO's
+        batches are prompts, whose rollouts every rank keeps for the proxy term (`sequence_parallel.py`)."""
+        super().create_accelerator_and_postprocess()
+        config = self.accelerator.parallelism_config
+        self.sequence_parallel_size = config.sp_size if config is not None and config.sp_enabled else 1
+        if self.sequence_parallel_size > 1:
+            self.accelerator.state.parallelism_config = None
 
     def _drop_overlong_rows(self, limit: int) -> None:
         def lengths(long_prompts: list) -> list[int]:  # rendered exactly as for training

@@ -31,6 +31,18 @@ BACKENDS = {
     "ddp": ["--multi_gpu"],
     "zero2": ["--use_deepspeed", "--zero_stage", "2"],
     "zero3": ["--use_deepspeed", "--zero_stage", "3", "--zero3_init_flag", "true", "--zero3_save_16bit_model", "true"],
+    # The shipped ZeRO-3 config with sequence parallelism, its group of 1 (no split) or 2 processes
+    **{
+        f"zero3-sp{size}": [
+            "--config_file",
+            "accelerate_configs/zero3-sp.yaml",
+            "--parallelism_config_sp_size",
+            str(size),
+            "--parallelism_config_dp_shard_size",
+            str(2 // size),
+        ]
+        for size in (1, 2)
+    },
 }
 
 
@@ -92,6 +104,13 @@ def alternating_reward(completions, **kwargs) -> list[float]:
     """1, 0, 1, 0, ...: every group has correct and wrong rollouts, so advantages and distilled rollouts are both
     present whatever the model says."""
     return [float(index % 2 == 0) for index in range(len(completions))]
+
+
+def alternating_reward_on_process_0(completions, **kwargs) -> list[float]:
+    """[`alternating_reward`] on process 0, nothing right on the others: they distil no rollout."""
+    if os.environ.get("RANK", "0") != "0":
+        return [0.0] * len(completions)
+    return alternating_reward(completions)
 
 
 _reward_calls = {"count": 0}

@@ -116,22 +116,34 @@ def _attend_shared_prefix(
         for group in layout.groups
         for output in _attend_group(original, module, query, key, value, group, mask, kwargs)
     ]
-    return torch.cat(outputs, dim=1), None
+    output = torch.cat(outputs, dim=1)
+    # A row padded to a multiple of the sequence-parallel size: its padding attends to nothing and is scored nowhere
+    return torch.nn.functional.pad(output, (0, 0, 0, 0, 0, query.size(2) - output.size(1))), None
 
 
 def shared_prefix_attention(original: Callable, flash: bool) -> Callable:
     """An attention function that computes packed rows (a call that carries [`SHARED_PREFIX_KWARG`]) with `original`,
     and hands every other call to `original` unchanged."""
 
+    attend_row = functools.partial(_attend_shared_prefix, original, flash)
+
+    def whole_row(module, query, key, value, attention_mask, **kwargs):
+        """What Ulysses calls with the row gathered for a share of the heads (`sequence_parallel.py`)."""
+        layout = kwargs.pop(SHARED_PREFIX_KWARG)
+        kwargs.pop("position_ids", None)
+        return attend_row(module, query, key, value, layout, kwargs)
+
     @functools.wraps(original)
     def attention(module, query, key, value, attention_mask, **kwargs):
         layout = kwargs.pop(SHARED_PREFIX_KWARG, None)
         if layout is None:
             return original(module, query, key, value, attention_mask, **kwargs)
+        layout.attention_calls += 1
+        if layout.ulysses is not None:  # this rank holds a shard of the row
+            return layout.ulysses(whole_row, module, query, key, value, **kwargs, **{SHARED_PREFIX_KWARG: layout})
         # The row's own mask and positions describe the packing, not what `original` should apply
         kwargs.pop("position_ids", None)
-        layout.attention_calls += 1
-        return _attend_shared_prefix(original, flash, module, query, key, value, layout, kwargs)
+        return attend_row(module, query, key, value, layout, kwargs)
 
     attention.computes_shared_prefix = True
     return attention

@@ -66,6 +66,7 @@ class LongPassMemory:
         eager_attention: bool = False,
         adapter_bytes: float = 0.0,
         trainable_head: bool = True,
+        sequence_parallel: int = 1,
     ) -> "LongPassMemory":
         """The estimate for a Llama-style decoder (`config`'s text model) computing in `dtype_bytes` per element (the
         residual stream's: float32 weights under bf16 autocast keep it in float32).
@@ -75,6 +76,8 @@ class LongPassMemory:
         (the pass without sharing), whose attention builds per-row masks, and with `eager_attention` keeps
         `heads x row` scores per query token and layer. `adapter_bytes`: what the model's adapters save on top, per
         token and layer ([`adapter_activation_bytes`]). `trainable_head`: the LM head's weight takes a gradient.
+        `sequence_parallel`: the row is split over a group of this many ranks; the counts are then per token a rank
+        holds (its shard), and a layer's working set adds Ulysses' exchange buffers (`sequence_parallel.py`).
         """
         text = config.get_text_config()
         hidden, heads, layers = text.hidden_size, text.num_attention_heads, text.num_hidden_layers
@@ -84,6 +87,11 @@ class LongPassMemory:
         # Saved by one decoder layer for its backward, per token: both norms' inputs and outputs, q, k and v and their
         # rotated copies, the attention and o_proj outputs; the MLP's gate, up, activation and product
         layer = (9 * hidden + 3 * key_width + 4 * intermediate) * dtype_bytes + adapter_bytes
+        if sequence_parallel > 1:
+            # Ulysses' exchange around attention: queries, keys, values and the output, each copied into a contiguous
+            # send buffer and received (key/value heads replicated when fewer than the group), for one layer at a time
+            exchanged_key_width = max(key_width // head_dim, sequence_parallel) * head_dim
+            layer += 2 * (2 * hidden + 2 * exchanged_key_width) * dtype_bytes
         mask = 0
         if padded_row_tokens is None:
             # The segments' attention call takes the prompt's keys and values once per rollout of the row: at most

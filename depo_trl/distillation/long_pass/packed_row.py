@@ -8,11 +8,16 @@ can share one row, each with its positions from 0. The row's layout travels to e
 [`SHARED_PREFIX_KWARG`] keyword, where `attention.py` computes it.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PretrainedConfig
+
+
+if TYPE_CHECKING:
+    from .sequence_parallel import SequenceParallelGroup
 
 
 # Keyword argument that carries a row's layout from the model call down to every attention layer
@@ -35,11 +40,14 @@ class PrefixGroup:
 @dataclass
 class SharedPrefixLayout:
     """The groups of a packed row, in row order. Masks built for the row are kept, so each shape is built once per
-    row rather than once per layer; `attention_calls` counts the attention layers that computed the row from it."""
+    row rather than once per layer; `attention_calls` counts the attention layers that computed the row from it.
+    `ulysses`: set when this rank holds a shard of the row, the sequence-parallel exchange around its attention
+    (`sequence_parallel.UlyssesAttention`)."""
 
     groups: list[PrefixGroup]
     masks: dict = field(default_factory=dict, repr=False)
     attention_calls: int = 0
+    ulysses: Callable | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -111,9 +119,19 @@ def self_attention_layers(config: PretrainedConfig) -> int:
 
 
 def packed_row_log_probs(
-    model: torch.nn.Module, packed: PackedRow, attention_layers: int, **model_kwargs
+    model: torch.nn.Module,
+    packed: PackedRow,
+    attention_layers: int,
+    sequence_parallel: "SequenceParallelGroup | None" = None,
+    **model_kwargs,
 ) -> torch.Tensor:
-    """Next-token log-probs `(1, L)` of a packed row, through TRL's fused LM head (no `[L x vocab]` logits).
+    """Next-token log-probs `(1, L)` of a packed row, through TRL's fused LM head (no `[L x vocab]` logits): the
+    log-prob at position `p` is that of the token at `p + 1`.
+
+    With `sequence_parallel`, this rank computes its shard of the row (whose layout carries the group's exchange) and
+    the group's shards are gathered, differentiably, into the row's (padded to a multiple of the group's size). The
+    labels are shifted before the row is cut, so a shard's last position is scored against the next shard's first
+    token.
 
     The model gets a prepared 4D placeholder mask, which its mask builders return as is: the attention computes the
     row from its layout, so no `L x L` mask (or packed-sequence detection) is made for it. An attention layer that
@@ -121,15 +139,20 @@ def packed_row_log_probs(
     placeholder, without the row's causal structure: a model with such a layer is refused before its log-probs are
     used (`attention_layers`: how many layers attend over the row, [`self_attention_layers`]).
     """
+    shift_labels = torch.nn.functional.pad(packed.labels[:, 1:], (0, 1), value=-100).to(packed.input_ids.device)
+    inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, "shift_labels": shift_labels}
+    if sequence_parallel is not None:
+        pad_with = {"input_ids": 0, "position_ids": 0, "shift_labels": -100}
+        inputs = {name: sequence_parallel.shard(tensor, pad_with[name]) for name, tensor in inputs.items()}
     log_probs = model(
-        input_ids=packed.input_ids,
+        **inputs,
         attention_mask=packed.input_ids.new_ones((1, 1, 1, 1), dtype=torch.bool),
-        position_ids=packed.position_ids,
-        labels=packed.labels,
         fused_lm_head=True,
         **model_kwargs,
         **{SHARED_PREFIX_KWARG: packed.layout},
     ).log_probs
+    if sequence_parallel is not None:
+        log_probs = sequence_parallel.gather_sequence(log_probs)
     if packed.layout.attention_calls != attention_layers:
         raise RuntimeError(
             f"share_long_prefix: {packed.layout.attention_calls} of the model's {attention_layers} attention layers "

@@ -3,7 +3,8 @@
 The rollouts are planned into forwards (`plan.py`: packed rows sharing each long prompt, `packed_row.py`, or padded
 batches without sharing) of the size the memory model gives (`memory.py`), which also decides how they run
 (`memory.plan_pass`, with `checkpointing.py`). Every process runs as many forwards and runs them alike, since under
-ZeRO-3 or FSDP each forward (and each recomputation) gathers parameters collectively.
+ZeRO-3 or FSDP each forward (and each recomputation) gathers parameters collectively. With sequence parallelism the
+ranks of a group run the union of their windows, each forward split over them (`sequence_parallel.py`).
 """
 
 import functools
@@ -21,6 +22,7 @@ from .checkpointing import backbone, checkpointed_forward, uses_layer_checkpoint
 from .memory import LongPassMemory, PassPlan, adapter_activation_bytes, available_memory, forward_size, plan_pass
 from .packed_row import pack_row, packed_row_log_probs, self_attention_layers
 from .plan import forward_tokens, one_prompt_forward_tokens, packed_row_tokens, plan_forwards
+from .sequence_parallel import SequenceParallelGroup, UlyssesAttention
 
 
 logger = logging.get_logger(__name__)
@@ -61,6 +63,13 @@ class WindowPlan:
     memory: tuple[LongPassMemory, LongPassMemory | None] | None
     available: int
     layer_checkpointing: bool
+    sequence_parallel: int = 1
+
+    @property
+    def tokens_per_rank(self) -> int:
+        """The largest share of a forward one rank holds: the whole forward, or its shard under sequence
+        parallelism (`held_tokens` and `own_held_tokens` count shards too)."""
+        return -(-self.tokens_per_forward // self.sequence_parallel)
 
     @property
     def memory_model(self) -> LongPassMemory | None:
@@ -76,12 +85,21 @@ class WindowPlan:
         used = self.memory_model
         if used is None:
             return None
-        return self.own_held_tokens * used.held + used.working_bytes(self.tokens_per_forward) + used.fixed
+        return self.own_held_tokens * used.held + used.working_bytes(self.tokens_per_rank) + used.fixed
+
+
+def fit_width(logps: torch.Tensor, width: int) -> torch.Tensor:
+    """`logps` `(n, T')` cut or right-padded to `T = width` columns (a union's completions are as wide as the group's
+    longest; a rollout's own tokens fit in its own batch's width)."""
+    if logps.size(1) >= width:
+        return logps[:, :width]
+    return torch.nn.functional.pad(logps, (0, width - logps.size(1)))
 
 
 class LongPass:
     """Runs a window's long pass for a [`~depo_trl.distillation.Distillation`]: plans its forwards, agrees them across
     processes, runs each (recomputed in the backward, or held until it), and sums the losses the variant makes of them.
+    With `sequence_parallel`, this rank's group runs the union of its members' windows, each forward split over it.
 
     Args:
         accelerator: the trainer's; its processes agree on the forwards.
@@ -91,6 +109,7 @@ class LongPass:
         requested_tokens: `distillation_forward_tokens`; None: the memory model's.
         memory_fraction: share of the free memory the pass may fill.
         rollouts_per_prompt: `num_generations`, for the memory model.
+        sequence_parallel: this rank's sequence-parallel group, or None.
     """
 
     def __init__(
@@ -102,6 +121,7 @@ class LongPass:
         requested_tokens: int | None,
         memory_fraction: float,
         rollouts_per_prompt: int,
+        sequence_parallel: SequenceParallelGroup | None = None,
     ):
         self.accelerator = accelerator
         self.naive_log_probs = naive_log_probs
@@ -110,6 +130,8 @@ class LongPass:
         self.requested_tokens = requested_tokens
         self.memory_fraction = memory_fraction
         self.rollouts_per_prompt = rollouts_per_prompt
+        self.sequence_parallel = sequence_parallel
+        self._ulysses: UlyssesAttention | None = None
         self._announced: tuple[bool, PassPlan] | None = None
 
     def plan(self, model: torch.nn.Module, rollouts: Rollouts, rows: torch.Tensor) -> WindowPlan:
@@ -127,8 +149,10 @@ class LongPass:
             unwrapped, layer_checkpointing, keys, prompt_lengths, completion_lengths
         )
         planned = plan_forwards(keys, prompt_lengths, completion_lengths, size, self.share_prefix)
-        own = sum(forward_tokens(f, prompt_lengths, completion_lengths, self.share_prefix) for f in planned)
-        padding_tokens = forward_tokens([[0]], [PADDING_PROMPT_TOKENS], [1], self.share_prefix)
+        own = sum(
+            self._per_rank(forward_tokens(f, prompt_lengths, completion_lengths, self.share_prefix)) for f in planned
+        )
+        padding_tokens = self._per_rank(forward_tokens([[0]], [PADDING_PROMPT_TOKENS], [1], self.share_prefix))
         # Every process runs the agreed number of forwards, and runs them alike: as what the process that holds most
         # fits. A process with fewer forwards runs padding forwards, held like the others
         per_process = self.accelerator.gather(torch.tensor([[len(planned), own, padding_tokens]], device=device))
@@ -142,8 +166,12 @@ class LongPass:
         forwards = [[[order[position] for position in group] for group in forward] for forward in planned]
         return WindowPlan(
             forwards, size, count, held, int(held_per_process[self.accelerator.process_index]), how, memory, available,
-            layer_checkpointing,
+            layer_checkpointing, self.sequence_parallel.size if self.sequence_parallel else 1,
         )  # fmt: skip
+
+    def _per_rank(self, tokens: int) -> int:
+        """Tokens of a forward of `tokens` one rank holds: all of them, or a shard under sequence parallelism."""
+        return -(-tokens // self.sequence_parallel.size) if self.sequence_parallel else tokens
 
     def run(
         self,
@@ -155,25 +183,37 @@ class LongPass:
         """The sum of `forward_loss(rollout indices, their log-probs (n, T))` over the forwards of `rows`, and the
         detached log-probs `(B, T)` of every rollout (zero outside `rows`)."""
         device = self.accelerator.device
+        own_rollouts, own_rows = rollouts, rows.tolist()
+        local_index = {row: row for row in own_rows}  # the planned rollout -> this rank's rollout
+        if self.sequence_parallel is not None:  # the group's windows as one, each forward split over the group
+            rollouts, rows, offset = self.sequence_parallel.union(own_rollouts, rows)
+            local_index = {offset + position: row for position, row in enumerate(own_rows)}
         plan = self.plan(model, rollouts, rows)
         self._announce(plan)
         unwrapped = self.accelerator.unwrap_model(model)
-        padding = padding_rollouts(rollouts)
-        long_logps = torch.zeros(rollouts.loss_mask.shape, dtype=torch.float32, device=device)
+        padding = padding_rollouts(own_rollouts)  # in a group, shards of equal length whatever their tokens
+        long_logps = torch.zeros(own_rollouts.loss_mask.shape, dtype=torch.float32, device=device)
+        width = long_logps.size(1)
         layers = without_layer_checkpointing if plan.how == PassPlan.WITHOUT_LAYER_CHECKPOINTS else nullcontext
         losses = []
         with layers(unwrapped):
             for index in range(plan.count):
                 # The last forward is not recomputed: the backward reaches it first, so holding it raises no peak
                 recomputed = plan.how == PassPlan.RECOMPUTED and index < plan.count - 1
-                if index < len(plan.forwards):
-                    groups = plan.forwards[index]
-                    forward_rows = torch.tensor([r for group in groups for r in group], device=device)
-                    logps = self._forward(model, unwrapped, rollouts, groups, recomputed)
-                    long_logps[forward_rows] = logps.detach().float()
-                    losses.append(forward_loss(forward_rows, logps))
-                else:
+                if index >= len(plan.forwards):
                     losses.append(self._forward(model, unwrapped, padding, [[0]], recomputed).sum() * 0.0)
+                    continue
+                order = [r for group in plan.forwards[index] for r in group]
+                logps = self._forward(model, unwrapped, rollouts, plan.forwards[index], recomputed)
+                # This rank's rollouts of the forward (under sequence parallelism, the union's rows it owns)
+                mine = [position for position, r in enumerate(order) if r in local_index]
+                loss = logps.sum() * 0.0  # every rank's backward runs through the forward's gathers
+                if mine:
+                    forward_rows = torch.tensor([local_index[order[p]] for p in mine], device=device)
+                    own_logps = fit_width(logps[mine], width)
+                    long_logps[forward_rows] = own_logps.detach().float()
+                    loss = loss + forward_loss(forward_rows, own_logps)
+                losses.append(loss)
         # No process has anything to compute: every process skips the pass alike
         loss = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
         return loss, long_logps
@@ -215,12 +255,19 @@ class LongPass:
             eager_attention=implementation == "eager",
             adapter_bytes=adapter_activation_bytes(unwrapped, compute_bytes),
             trainable_head=unwrapped.get_output_embeddings().weight.requires_grad,
+            sequence_parallel=self.sequence_parallel.size if self.sequence_parallel else 1,
         )
         plain = shapes(layer_checkpointing=False)
         checkpointed = shapes(layer_checkpointing=True) if layer_checkpointing else None
         sizing = checkpointed or plain
-        size = self.requested_tokens or forward_size(sizing, window_tokens, largest_group, smallest, available)
-        return size, (plain, checkpointed), available
+        if self.requested_tokens:
+            return self.requested_tokens, (plain, checkpointed), available
+        # The memory model counts what one rank holds: a forward's shard under sequence parallelism
+        local = forward_size(
+            sizing, *(self._per_rank(tokens) for tokens in (window_tokens, largest_group, smallest)), available
+        )
+        parts = self.sequence_parallel.size if self.sequence_parallel else 1
+        return min(local * parts, window_tokens), (plain, checkpointed), available
 
     def _announce(self, plan: WindowPlan) -> None:
         """Say once what the pass does, and again when a window makes it run its forwards another way."""
@@ -232,6 +279,11 @@ class LongPass:
             f"{plan.count} forward{'s' if plan.count > 1 else ''} of up to {plan.tokens_per_forward} tokens "
             f"({plan.held_tokens} in all)"
         )
+        if plan.sequence_parallel > 1:
+            forwards += (
+                f", each split over a sequence-parallel group of {plan.sequence_parallel} ranks (up to "
+                f"{plan.tokens_per_rank} tokens a rank; the counts are per rank)"
+            )
         held_as = (
             "under the model's layer checkpointing (each layer runs twice)" if plan.layer_checkpointing else "as is"
         )
@@ -288,8 +340,14 @@ class LongPass:
         )
         # MoE: the load-balancing loss would read the attention mask, here a placeholder, and is not used
         router = {"output_router_logits": False} if getattr(config, "output_router_logits", False) else {}
+        if self.sequence_parallel is not None:
+            if self._ulysses is None:
+                self._ulysses = UlyssesAttention(self.sequence_parallel, config)
+            packed.layout.ulysses = self._ulysses
         with self.accelerator.autocast():
-            log_probs = packed_row_log_probs(model, packed, self_attention_layers(config), **router)
+            log_probs = packed_row_log_probs(
+                model, packed, self_attention_layers(config), sequence_parallel=self.sequence_parallel, **router
+            )
         order = [r for group in groups for r in group]
         position_of = {rollout: position for position, rollout in enumerate(order)}
         logps = log_probs.new_zeros((len(order), rollouts.completion_ids.size(1)))

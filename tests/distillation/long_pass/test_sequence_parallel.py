@@ -1,0 +1,46 @@
+"""Sequence parallelism for the long pass (`depo_trl/distillation/long_pass/sequence_parallel.py`): a window split over
+two processes gives each process's own log-probs and the gradient of the processes' own passes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import Qwen2Config
+
+from depo_trl.distillation.long_pass.sequence_parallel import allowed_sizes
+
+from ...helpers import ROOT, free_port, run_environment
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    [
+        "held",  # rows of 41 + 3 x 6 - 1 = 57 and 30 + 17 = 46 tokens: one split with padding, one evenly
+        "empty",  # process 1 has no rollout in the pass: it computes process 0's rows with it
+        "recomputed",  # every forward but the last recomputed in the backward, its exchanges again
+        "checkpointed",  # under the model's layer checkpoints, recomputed layer by layer in the backward
+    ],
+)
+def test_a_window_split_over_two_processes_equals_their_own_passes(tmp_path, case):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        f"{ROOT}/tests/distillation/long_pass/sequence_parallel_run.py", str(tmp_path), case,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=run_environment())
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [report["rows"] for report in reports] == [6, 0 if case == "empty" else 3]
+    for report in reports:
+        assert report["gradient_size"] > 1e-3  # the loss moves the parameters
+        assert report["log_prob_gap"] < 1e-5 and report["gradient_gap"] < 1e-5 * report["gradient_size"], report
+
+
+def test_the_sizes_a_model_allows_divide_its_query_heads_and_the_processes():
+    qwen_7b = Qwen2Config(num_attention_heads=28, num_key_value_heads=4)
+    assert allowed_sizes(qwen_7b, 8) == [1, 2, 4]  # 8 does not divide 28 query heads
+    llama_8b = Qwen2Config(num_attention_heads=32, num_key_value_heads=8)
+    assert allowed_sizes(llama_8b, 8) == [1, 2, 4, 8]
+    assert allowed_sizes(qwen_7b, 6) == [1, 2]  # 3 and 6 divide no 28
