@@ -109,7 +109,7 @@ clean:
 tiny-assets: install  ## regenerate recipes/tiny/assets (the toy-world rows the tiny recipes train on)
 	$(BIN)/python -c "from depo_trl.toy.assets import write_tiny_assets; write_tiny_assets('recipes/tiny/assets')"
 
-# ---- The prepared GPU check (README "The GPU check") ----------------------------------------------------------------
+# ---- The prepared GPU check (docs/gpu-check.md) ---------------------------------------------------------------------
 gpu-bundle: install  ## .gpu_bundle: the wheels the GPU machine lacks (Python 3.12), to carry there
 	$(BIN)/python gpu_check/prepare_gpu_bundle.py
 

@@ -3,8 +3,9 @@
     python benchmarks/build_data.py [--tokenizer DIR] [--input FILE] [--repeat N]
 
 Defaults: the repository's MuSiQue sample (`tests/fixtures/musique_sample.jsonl`) and a byte-level BPE trained here
-on it, so it runs anywhere, offline. The README's figure is the Qwen2 tokenizer on a 100-record MuSiQue sample:
-`--tokenizer` a tokenizer folder or Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), `--input` a MuSiQue JSON-lines file.
+on it, so it runs anywhere, offline. The figure in docs/training-data.md is the Qwen2 tokenizer on a 100-record
+MuSiQue sample: `--tokenizer` a tokenizer folder or Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), `--input` a MuSiQue
+JSON-lines file.
 `--repeat` builds the rows N times under different ids, to time more rows over the same paragraph pool. Prints rows
 per second (a benchmark, not a test).
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check on a machine that reaches no package registry (README, "The GPU check"):
+# The GPU check on a machine that reaches no package registry (docs/gpu-check.md):
 #   bash gpu_check/run_gpu_check.sh OUT_DIR [TIME_LIMIT_SECONDS]
 # Installs .gpu_bundle (python gpu_check/prepare_gpu_bundle.py made it) beside the image's packages, offline, then
 # runs gpu_check/gpu_check.py, which writes gpu_check.json and gpu_check.md to OUT_DIR.

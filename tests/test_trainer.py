@@ -10,7 +10,7 @@ from depo_trl import ARMS
 from .helpers import NUM_GENERATIONS, accumulated_gradients, generation_batch, make_rows, make_trainer
 
 
-# The metrics each term logs besides TRL's, as the README's table lists them
+# The metrics each term logs besides TRL's, as docs/trainer.md's table lists them
 DEPO_METRICS = {
     "none": set(),
     "kd": {"depo/kd_loss", "depo/kd_fraction", "depo/kd_tokens", "depo/logp_gap", "depo/long_prompt_tokens",

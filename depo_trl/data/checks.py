@@ -1,5 +1,6 @@
-"""What a DePO dataset must hold (README, "Dataset columns"), checked in one place for every split, before training:
-by the entry point before the model loads, and by [`~depo_trl.DePOTrainer`] for datasets handed to it from Python.
+"""What a DePO dataset must hold (docs/training-data.md, "Dataset columns"), checked in one place for every split,
+before training: by the entry point before the model loads, and by [`~depo_trl.DePOTrainer`] for datasets handed to it
+from Python.
 Also the filter of rows whose long prompt is over `max_long_prompt_length`."""
 
 from collections.abc import Callable, Iterator, Sequence

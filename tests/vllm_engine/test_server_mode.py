@@ -1,5 +1,6 @@
 """DePO with vLLM generation in server mode, on a CPU: the server started by the project's launcher and the trainer
-by `depo-train`, both with the options the README gives; the weights reach the server through vLLM's reload_weights.
+by `depo-train`, both with the options docs/vllm-on-cpu.md gives; the weights reach the server through vLLM's
+reload_weights.
 
 Rollouts, their log-probabilities and TRL's importance-sampling correction come from the real engine, and after a
 training step the server scores a fixed completion with the trained weights.
