@@ -55,7 +55,7 @@ def section_references(text: str) -> list[tuple[str, str]]:
     return references
 
 
-@pytest.mark.parametrize("document", ["README.md", "recipes/README.md", "docs/design.md"])
+@pytest.mark.parametrize("document", ["README.md", "recipes/README.md", "docs/design.md", "docs/trainer.md"])
 def test_documents_show_the_arms_registry(document):
     assert arms_table() in read(document)
 

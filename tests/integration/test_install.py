@@ -1,5 +1,6 @@
 """What each install gives: extras within the versions TRL supports, and a plain install that runs every command."""
 
+import glob
 import importlib.metadata
 import os
 import re
@@ -49,9 +50,11 @@ def test_the_installed_trl_is_the_one_the_package_pins():
 
 
 def readme_commands() -> list[list[str]]:
-    """Every `depo-train`, `python -m depo_trl...` and `python benchmarks/...` command the README shows."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
-        readme = handle.read()
+    """Every `depo-train`, `python -m depo_trl...` and `python benchmarks/...` command the README and docs/ show."""
+    readme = ""
+    for document in ["README.md", *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]:
+        with open(os.path.join(ROOT, document), encoding="utf-8") as handle:
+            readme += handle.read()
     modules = sorted(set(re.findall(r"python -m (depo_trl(?:\.\w+)*)", readme)))
     scripts = sorted(set(re.findall(r"python (benchmarks/\w+\.py)", readme)))
     commands = [["depo-train"]] + [["python", "-m", module] for module in modules]
