@@ -103,13 +103,13 @@ def makefile_variables() -> set[str]:
 
 @cache
 def names_read_somewhere() -> str:
-    """The text of the project's code, scripts, Makefile, notebook and tests: where an environment variable a document
-    sets must be read."""
+    """The text of the project's code, scripts, Makefile, notebook and tests (not these, which make names up): where an
+    environment variable a document sets must be read."""
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     suffixes = (".py", ".sh", ".slurm", ".ipynb", "Makefile")
     texts = []
     for name in files:
-        if name.endswith(suffixes) and os.path.isfile(os.path.join(ROOT, name)):
+        if name.endswith(suffixes) and not name.startswith("tests/docs/") and os.path.isfile(os.path.join(ROOT, name)):
             with open(os.path.join(ROOT, name), encoding="utf-8") as handle:
                 texts.append(handle.read())
     return "\n".join(texts)
