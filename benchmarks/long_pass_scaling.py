@@ -17,8 +17,10 @@ its own process, so its peak memory (resident set on a CPU, allocator peak on a 
 writes it with a plot to `--run-dir`, fits how the shared pass's time and memory grow (log-log slopes), and predicts
 the long pass of Qwen2.5-7B at 15K + 8 x 1K tokens per prompt on one 80 GB GPU from the model shapes and the
 measured memory per token. Beside each shared point, the memory model's prediction (`depo_trl.distillation.memory`)
-for the same shapes. The last line is
-`memory_exponent_L=<a> memory_exponent_rollouts=<b> shared_time_ratio_8x4k=<c>`.
+for the same shapes; the long pass past one GPU with sequence parallelism (Qwen2.5-7B at 64K and 128K, a 32B model at
+60K, `predict_long_contexts`); and, on a CPU, a sequence-parallel arm on two processes at the longest length
+(`sequence_parallel_arm`). The last line is `memory_exponent_L=<a> memory_exponent_rollouts=<b>
+shared_time_ratio_8x4k=<c> sp2_peak_ratio=<d> sp2_time_ratio=<e>`.
 """
 
 import json
@@ -36,6 +38,9 @@ import torch
 from transformers.utils import is_flash_attn_2_available
 
 from depo_trl.user_errors import ArgumentParser, UsageError, positive_int, reports_usage_errors, writable_folder
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ CPU_SHAPE = ModelShape(hidden=512, layers=4, heads=8, kv_heads=2, intermediate=2
 GPU_SHAPE = ModelShape(hidden=2048, layers=8, heads=16, kv_heads=4, intermediate=8192, vocab=32000)
 QWEN_7B = ModelShape(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064)
 QWEN_7B_PARAMETERS = 7.62e9
+QWEN_32B = ModelShape(hidden=5120, layers=64, heads=40, kv_heads=8, intermediate=27648, vocab=152064)
+QWEN_32B_PARAMETERS = 32.8e9
 
 
 def build_model(shape: ModelShape, device: str, max_positions: int):
@@ -280,6 +287,97 @@ def predict_7b() -> list[dict]:
     return predictions
 
 
+def predict_long_contexts() -> list[dict]:
+    """The long pass past one GPU's memory on 8 x 80 GB (ZeRO-3, gradient checkpointing, flash-attention, bf16, vLLM
+    on a server): Qwen2.5-7B at 64K and 128K-token prompts (YaRN), Qwen2.5-32B at 60K, each process with one prompt
+    and its 8 x 1K completions, at every sequence-parallel size the model's heads allow. A group of `sp` processes
+    runs its `sp` prompts' forwards, each split over it (`sequence_parallel.py`), planned as `LongPass` plans them.
+    Exchange: per rank and step, the bytes Ulysses' all-to-alls send (queries, keys, values and the output of every
+    layer, in each run of the backbone and once more for their gradients; a share `(sp - 1) / sp` leaves the rank)."""
+    from depo_trl.distillation import LongPassMemory, PassPlan, plan_pass
+    from depo_trl.distillation.long_pass import packed_row_tokens
+    from depo_trl.distillation.long_pass.sequence_parallel import allowed_sizes
+
+    predictions = []
+    for name, shape, parameters, prompt in (
+        ("Qwen2.5-7B-Instruct", QWEN_7B, QWEN_7B_PARAMETERS, 65536),
+        ("Qwen2.5-7B-Instruct", QWEN_7B, QWEN_7B_PARAMETERS, 131072),
+        ("Qwen2.5-32B-Instruct", QWEN_32B, QWEN_32B_PARAMETERS, 61440),
+    ):
+        config = shape_config(shape)
+        states_gib = parameters * (2 + 4 + 4 + 4) / 8 / 2**30
+        available = (80 - states_gib) * 0.8 * 2**30
+        row = packed_row_tokens(prompt, [1000] * 8)
+        for size in allowed_sizes(config, 8):
+            plain, checkpointed = (
+                LongPassMemory.of_model(
+                    config,
+                    2,
+                    layer_checkpointing=checkpointing,
+                    rollouts_per_prompt=8,
+                    keys_repeated_per_head=False,
+                    sequence_parallel=size,
+                )  # fmt: skip
+                for checkpointing in (False, True)
+            )
+            local = -(-row // size)
+            held = size * local  # the group's `size` rows, a shard each
+            how = plan_pass(plain, checkpointed, held, local, size, available)
+            used = plain if how == PassPlan.WITHOUT_LAYER_CHECKPOINTS else checkpointed
+            kept = local if how == PassPlan.RECOMPUTED else held
+            long_pass_gib = (kept * used.held + used.working_bytes(local) + used.fixed) / 2**30
+            runs = {PassPlan.WITHOUT_LAYER_CHECKPOINTS: 1, PassPlan.HELD: 2, PassPlan.RECOMPUTED: 3}[how]
+            key_width = max(shape.kv_heads, size) * shape.hidden // shape.heads
+            # Each run of a layer exchanges its queries, keys, values and output; the backward their gradients once
+            exchanged = (runs + 1) * (2 * shape.hidden + 2 * key_width) * 2 * shape.layers * held * (size - 1) / size
+            predictions.append(
+                {
+                    "model": name,
+                    "prompt_tokens": prompt,
+                    "sequence_parallel": size,
+                    "tokens_per_rank": local,
+                    "plan": how.value,
+                    "long_pass_gib": long_pass_gib,
+                    "states_gib": states_gib,
+                    "fits": long_pass_gib + states_gib <= 80 * 0.95,
+                    "exchanged_gib": exchanged / 2**30,
+                }  # fmt: skip
+            )
+    return predictions
+
+
+def sequence_parallel_arm(prompt_tokens: int, completion: int, run_dir: str, quick: bool) -> dict:
+    """Per-rank peak and seconds of the long pass at sp=2 and sp=1 on two CPU processes (each with one prompt and its
+    8 completions, every forward but the last recomputed: the plan of a pass that does not fit), in one run:
+    `benchmarks/long_pass_memory.py` launched twice. Its model has this benchmark's width with a small vocabulary, so
+    its LM head is as small beside its layers as a 7B model's is at 128K tokens."""
+    import subprocess
+
+    arms = {}
+    for size in (1, 2):
+        output = os.path.join(run_dir, f"sequence_parallel_{size}")
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(29600 + size), os.path.join(ROOT, "benchmarks", "long_pass_memory.py"), "--output-dir", output,
+            "--prompts", "1", "--prompt-tokens", str(prompt_tokens), "--rollouts", "8" if not quick else "2",
+            "--completion-tokens", str(completion), "--recomputed", "--sequence-parallel", str(size),
+            "--hidden", str(CPU_SHAPE.hidden), "--vocab", "512",
+        ]  # fmt: skip
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"the sequence-parallel arm failed at sp={size}: {result.stderr[-2000:]}")
+        ranks = [json.load(open(os.path.join(output, f"rank{rank}.json"))) for rank in range(2)]
+        arms[size] = {"peak_mib": max(r["measured_mib"] for r in ranks), "seconds": max(r["seconds"] for r in ranks)}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "rollouts": 2 if quick else 8,
+        "arms": arms,
+        "peak_ratio": arms[2]["peak_mib"] / arms[1]["peak_mib"],
+        "time_ratio": arms[2]["seconds"] / arms[1]["seconds"],
+    }
+
+
 def plot(results: list[dict], path: str) -> None:
     import matplotlib
 
@@ -409,15 +507,47 @@ def main(argv: list[str] | None = None) -> None:
             f"{p['vllm_gib']:.0f} | {p['seconds_per_prompt']:.1f} |\n"
             for p in predictions
         )
+        long_contexts = predict_long_contexts()
+        report["long_context_prediction"] = long_contexts
+        text += (
+            "\nPast one GPU: 8 x 80 GB, ZeRO-3, vLLM on a server, one prompt with 8 x 1K completions per process, "
+            "each forward split over a sequence-parallel group:\n\n| model | prompt tokens | sp | tokens per rank | "
+            "plan | long pass GiB | states GiB | fits | all-to-all GiB per rank |\n"
+            "|---|---:|---:|---:|---|---:|---:|---|---:|\n"
+        )
+        text += "".join(
+            f"| {p['model']} | {p['prompt_tokens']} | {p['sequence_parallel']} | {p['tokens_per_rank']} | "
+            f"{p['plan']} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | {'yes' if p['fits'] else 'no'} | "
+            f"{p['exchanged_gib']:.0f} |\n"
+            for p in long_contexts
+        )
+    if args.device == "cpu":
+        longest = contexts[-1]
+        split = sequence_parallel_arm(longest, completion, args.run_dir, args.quick)
+        report["sequence_parallel"] = split
+        arms = split["arms"]
+        text += (
+            f"\nSequence parallelism at the longest length ({longest} tokens, {split['rollouts']} completions per "
+            "process, two processes, all but the last forward recomputed): per-rank peak "
+            f"{arms[2]['peak_mib']:.0f} MiB at sp=2 vs {arms[1]['peak_mib']:.0f} MiB at sp=1 "
+            f"({split['peak_ratio']:.2f}x), long pass {arms[2]['seconds']:.1f} s vs {arms[1]['seconds']:.1f} s "
+            f"({split['time_ratio']:.2f}x)\n"
+        )
     print("\n" + text)
     with open(os.path.join(args.run_dir, "long_pass_scaling.md"), "w") as handle:
         handle.write(text)
     with open(os.path.join(args.run_dir, "long_pass_scaling.json"), "w") as handle:
         json.dump(report, handle, indent=2)
     plot(results, os.path.join(args.run_dir, "long_pass_scaling.png"))
+    split_figures = ""
+    if "sequence_parallel" in report:
+        split_figures = (
+            f" sp2_peak_ratio={report['sequence_parallel']['peak_ratio']:.3f}"
+            f" sp2_time_ratio={report['sequence_parallel']['time_ratio']:.3f}"
+        )
     print(
         f"memory_exponent_L={memory_exponent_length:.3f} memory_exponent_rollouts={memory_exponent_rollouts:.3f} "
-        f"shared_time_ratio_8x4k={time_ratio:.3f}"
+        f"shared_time_ratio_8x4k={time_ratio:.3f}{split_figures}"
     )
 
 
