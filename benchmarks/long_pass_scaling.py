@@ -289,25 +289,31 @@ def predict_7b() -> list[dict]:
 
 def predict_long_contexts() -> list[dict]:
     """The long pass past one GPU's memory on 8 x 80 GB (ZeRO-3, gradient checkpointing, flash-attention, bf16, vLLM
-    on a server): Qwen2.5-7B at 64K and 128K-token prompts (YaRN), Qwen2.5-32B at 60K, each process with one prompt
-    and its 8 x 1K completions, at every sequence-parallel size the model's heads allow. A group of `sp` processes
-    runs its `sp` prompts' forwards, each split over it (`sequence_parallel.py`), planned as `LongPass` plans them.
-    Exchange: per rank and step, the bytes Ulysses' all-to-alls send (queries, keys, values and the output of every
-    layer, in each run of the backbone and once more for their gradients; a share `(sp - 1) / sp` leaves the rank)."""
+    on a server): Qwen2.5-7B at 64K and 128K-token prompts (YaRN), Qwen2.5-32B at 60K, each process with one prompt and
+    its 8 x 1K completions (and, for the 128K recipe, its window of 8 prompts), at every sequence-parallel size the
+    model's heads allow. A group of `sp` processes runs its prompts' forwards, each split over it
+    (`sequence_parallel.py`), planned as `LongPass` plans them; a recomputed forward keeps its backbone's input.
+    Time: FLOPs per rank at an assumed 40% of an H100's 989 bf16 TFLOP/s (as `predict_7b`, the attention's heads split
+    over the group). Exchange: per rank and step, the bytes Ulysses' all-to-alls send (queries, keys, values and the
+    output of every layer, in each run of the backbone and once more for their gradients; `(sp - 1) / sp` of them leave
+    the rank)."""
     from depo_trl.distillation import LongPassMemory, PassPlan, plan_pass
     from depo_trl.distillation.long_pass import packed_row_tokens
     from depo_trl.distillation.long_pass.sequence_parallel import allowed_sizes
 
     predictions = []
-    for name, shape, parameters, prompt in (
-        ("Qwen2.5-7B-Instruct", QWEN_7B, QWEN_7B_PARAMETERS, 65536),
-        ("Qwen2.5-7B-Instruct", QWEN_7B, QWEN_7B_PARAMETERS, 131072),
-        ("Qwen2.5-32B-Instruct", QWEN_32B, QWEN_32B_PARAMETERS, 61440),
+    for name, shape, parameters, prompt, prompts_per_process in (
+        ("Qwen2.5-7B-Instruct", QWEN_7B, QWEN_7B_PARAMETERS, 65536, 1),
+        ("Qwen2.5-7B-Instruct", QWEN_7B, QWEN_7B_PARAMETERS, 131072, 1),
+        ("Qwen2.5-7B-Instruct", QWEN_7B, QWEN_7B_PARAMETERS, 130048, 8),
+        ("Qwen2.5-32B-Instruct", QWEN_32B, QWEN_32B_PARAMETERS, 61440, 1),
     ):
         config = shape_config(shape)
         states_gib = parameters * (2 + 4 + 4 + 4) / 8 / 2**30
         available = (80 - states_gib) * 0.8 * 2**30
         row = packed_row_tokens(prompt, [1000] * 8)
+        head_dim = shape.hidden // shape.heads
+        attention_flops = 4 * shape.layers * shape.heads * head_dim * (prompt**2 / 2 + 8 * 1001 * prompt)
         for size in allowed_sizes(config, 8):
             plain, checkpointed = (
                 LongPassMemory.of_model(
@@ -321,19 +327,25 @@ def predict_long_contexts() -> list[dict]:
                 for checkpointing in (False, True)
             )
             local = -(-row // size)
-            held = size * local  # the group's `size` rows, a shard each
-            how = plan_pass(plain, checkpointed, held, local, size, available)
+            forwards = size * prompts_per_process  # the group's prompts, a shard of each on every rank
+            held = forwards * local
+            how = plan_pass(plain, checkpointed, held, local, forwards, available)
             used = plain if how == PassPlan.WITHOUT_LAYER_CHECKPOINTS else checkpointed
-            kept = local if how == PassPlan.RECOMPUTED else held
-            long_pass_gib = (kept * used.held + used.working_bytes(local) + used.fixed) / 2**30
+            if how == PassPlan.RECOMPUTED:  # the last forward held, the others' backbone inputs
+                kept_bytes = local * used.held + (held - local) * shape.hidden * 2
+            else:
+                kept_bytes = held * used.held
+            long_pass_gib = (kept_bytes + used.working_bytes(local) + used.fixed) / 2**30
             runs = {PassPlan.WITHOUT_LAYER_CHECKPOINTS: 1, PassPlan.HELD: 2, PassPlan.RECOMPUTED: 3}[how]
-            key_width = max(shape.kv_heads, size) * shape.hidden // shape.heads
+            flops = (2 * runs + 4) * parameters * held + (runs + 2) * attention_flops * forwards / size
+            key_width = max(shape.kv_heads, size) * head_dim
             # Each run of a layer exchanges its queries, keys, values and output; the backward their gradients once
             exchanged = (runs + 1) * (2 * shape.hidden + 2 * key_width) * 2 * shape.layers * held * (size - 1) / size
             predictions.append(
                 {
                     "model": name,
                     "prompt_tokens": prompt,
+                    "prompts_per_process": prompts_per_process,
                     "sequence_parallel": size,
                     "tokens_per_rank": local,
                     "plan": how.value,
@@ -341,6 +353,7 @@ def predict_long_contexts() -> list[dict]:
                     "states_gib": states_gib,
                     "fits": long_pass_gib + states_gib <= 80 * 0.95,
                     "exchanged_gib": exchanged / 2**30,
+                    "seconds_per_step": flops / (0.4 * 989e12),
                 }  # fmt: skip
             )
     return predictions
@@ -510,15 +523,15 @@ def main(argv: list[str] | None = None) -> None:
         long_contexts = predict_long_contexts()
         report["long_context_prediction"] = long_contexts
         text += (
-            "\nPast one GPU: 8 x 80 GB, ZeRO-3, vLLM on a server, one prompt with 8 x 1K completions per process, "
-            "each forward split over a sequence-parallel group:\n\n| model | prompt tokens | sp | tokens per rank | "
-            "plan | long pass GiB | states GiB | fits | all-to-all GiB per rank |\n"
-            "|---|---:|---:|---:|---|---:|---:|---|---:|\n"
+            "\nPast one GPU: 8 x 80 GB, ZeRO-3, vLLM on a server, prompts with 8 x 1K completions, each forward "
+            "split over a sequence-parallel group:\n\n| model | prompt tokens | prompts per process | sp | tokens "
+            "per rank | plan | long pass GiB | states GiB | fits | long pass s per step | all-to-all GiB per rank |\n"
+            "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|\n"
         )
         text += "".join(
-            f"| {p['model']} | {p['prompt_tokens']} | {p['sequence_parallel']} | {p['tokens_per_rank']} | "
-            f"{p['plan']} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | {'yes' if p['fits'] else 'no'} | "
-            f"{p['exchanged_gib']:.0f} |\n"
+            f"| {p['model']} | {p['prompt_tokens']} | {p['prompts_per_process']} | {p['sequence_parallel']} | "
+            f"{p['tokens_per_rank']} | {p['plan']} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | "
+            f"{'yes' if p['fits'] else 'no'} | {p['seconds_per_step']:.0f} | {p['exchanged_gib']:.0f} |\n"
             for p in long_contexts
         )
     if args.device == "cpu":

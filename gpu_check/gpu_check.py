@@ -12,10 +12,12 @@
    the GPU: the parameters move and the distillation term runs.
 3. `fsdp2_steps`: three DePO steps of the tiny recipe launched with `accelerate_configs/fsdp2.yaml` on one GPU (on a
    CPU: that the launch is refused in one line, since Accelerate would run DDP).
-4. `long_pass_scaling`: the long pass alone at 4K, 8K, 16K and 32K-token prompts x 8 rollouts of 1K tokens on a random
+4. `sequence_parallel_steps`: on two GPUs, three DePO steps of the tiny recipe with `accelerate_configs/zero3-sp.yaml`
+   split over a group of two against groups of one: equal parameters (skipped on one GPU).
+5. `long_pass_scaling`: the long pass alone at 4K, 8K, 16K and 32K-token prompts x 8 rollouts of 1K tokens on a random
    Qwen2 of Qwen2-1.5B's width (4 layers), shared and naive: time and peak `torch.cuda.max_memory_allocated` beside the
    memory model's prediction (`benchmarks/long_pass_scaling.py`, each point in its own process).
-5. `step_cost`: `benchmarks/step_cost.py --device cuda`.
+6. `step_cost`: `benchmarks/step_cost.py --device cuda`.
 
 Each step is timed and guarded: a failure is recorded with its traceback's end and the next step still runs; no step
 starts past the time limit, and the results so far are written after every step: `gpu_check.json` (everything) and
@@ -212,6 +214,40 @@ def fsdp2_steps(device: str, output_dir: str, deadline: float) -> dict:
     }
 
 
+def sequence_parallel_steps(device: str, output_dir: str, deadline: float) -> dict:
+    """Three DePO steps of the tiny recipe (SGD without clipping, float32, the long pass in forwards recomputed in the
+    backward) launched with `accelerate_configs/zero3-sp.yaml` on two processes, in one group (sp=2) and in groups of
+    one (sp=1) on the same global batch: the largest parameter difference, against how far the parameters moved.
+    Needs two GPUs (skipped, with a message, on one); the CPU dry run runs it on two gloo processes."""
+    if device == "cuda" and torch.cuda.device_count() < 2:
+        return {"skipped": f"{torch.cuda.device_count()} GPU: sequence parallelism needs two"}
+    from safetensors.torch import load_file
+
+    weights = {}
+    for size in (1, 2):
+        run_dir = os.path.join(output_dir, f"tiny_sp{size}")
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/zero3-sp.yaml",
+            "--num_processes", "2", "--parallelism_config_sp_size", str(size), "--parallelism_config_dp_shard_size",
+            str(2 // size), "--mixed_precision", "no", os.path.join("depo_trl", "scripts", "depo.py"),
+            "--config", "recipes/tiny/depo.yaml", "--output_dir", run_dir, "--max_steps", "3", "--save_strategy",
+            "no", "--report_to", "none", "--optim", "sgd", "--max_grad_norm", "0", "--learning_rate", "1e-2",
+            "--max_long_prompt_length", "150", "--distillation_forward_tokens", "200",
+            "--distillation_memory_fraction", "1e-12", "--use_cpu", "false" if device == "cuda" else "true",
+        ]  # fmt: skip
+        timeout = max(deadline - time.monotonic(), 1.0)
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr[-3000:])
+        weights[size] = load_file(os.path.join(run_dir, "model.safetensors"))
+    start = load_file(os.path.join(ROOT, "depo_trl", "toy", "shipped_warm_start", "model.safetensors"))
+    gap = max((weights[2][name].float() - tensor.float()).abs().max().item() for name, tensor in weights[1].items())
+    moved = max((weights[1][n].float() - start[n].float()).abs().max().item() for n in start if n in weights[1])
+    if not (moved > 1e-3 and gap < 1e-5):
+        raise AssertionError(f"sp=2 departs from sp=1 by {gap} where the parameters moved {moved}")
+    return {"largest_difference": gap, "parameters_moved": moved}
+
+
 def long_pass_scaling(device: str, quick: bool, deadline: float) -> dict:
     import long_pass_scaling as scaling
 
@@ -330,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         ("long_pass_exactness", lambda: long_pass_exactness(args.device, args.quick, deadline)),
         ("depo_steps", lambda: depo_steps(args.device, args.quick, args.output_dir)),
         ("fsdp2_steps", lambda: fsdp2_steps(args.device, args.output_dir, deadline)),
+        ("sequence_parallel_steps", lambda: sequence_parallel_steps(args.device, args.output_dir, deadline)),
         ("long_pass_scaling", lambda: long_pass_scaling(args.device, args.quick, deadline)),
         ("step_cost", lambda: step_cost(args.device, args.quick, deadline)),
     ]

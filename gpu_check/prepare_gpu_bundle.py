@@ -28,6 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What travels: TRL and datasets at the versions installed here (TRL is pinned by setup.cfg), and what they need that
 # the image does not have
 BUNDLED = ["trl", "datasets", "dill", "multiprocess"]
+# DeepSpeed, for the sequence-parallel step, is published as source only: its wheel is built here, without its ops
+# (compiled on first use, none of which the check runs), and what it needs travels beside it
+BUILT = ["deepspeed"]
+BUNDLED += ["hjson", "msgpack", "ninja", "py-cpuinfo", "pydantic", "pydantic-core", "annotated-types"]
+BUNDLED += ["typing-inspection"]
 # Python packages of the GPU image ('cuda'), as the device tool's KINDS.md lists them (2026-11-17)
 IMAGE = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs certifi
 charset-normalizer click cloudpickle contourpy cycler einops filelock fonttools frozenlist fsspec h11 h5py hf-xet
@@ -59,6 +64,11 @@ def main(folder: str = os.path.join(ROOT, ".gpu_bundle")) -> None:
     os.makedirs(folder)
     for name in BUNDLED:
         download(f"{name}=={importlib.metadata.version(name)}", folder)
+    for name in BUILT:
+        requirement = f"{name}=={importlib.metadata.version(name)}"
+        environment = {**os.environ, "DS_BUILD_OPS": "0"}
+        command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", folder]
+        subprocess.run([*command, requirement], check=True, env=environment)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", folder, ROOT],
         check=True,

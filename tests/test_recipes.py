@@ -3,6 +3,7 @@ reads data built with its model's tokenizer; the tiny ones train the toy world's
 
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -31,14 +32,21 @@ def test_there_is_a_recipe_per_run_of_the_paper():
     assert {f"tiny/{arm}.yaml" for arm in ARMS} <= names
 
 
+def long_context(path: str) -> tuple[str, str | None]:
+    """A recipe's name without its long-context suffix (`depo-grpo-128k` -> `depo-grpo`), and the suffix."""
+    name = os.path.basename(path).removesuffix(".yaml")
+    match = re.fullmatch(r"(.+)-(\d+k)", name)
+    return (match[1], match[2]) if match else (name, None)
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda path: os.path.relpath(path, ROOT))
 def test_every_recipe_parses_without_unknown_keys(path):
     # GPU recipes ask for bf16, which transformers refuses on a CPU-only machine unless told to use the CPU.
     script_args, training_args, model_args, recipe_path = parse_recipe(["--config", path, "--use_cpu", "true"])
     assert recipe_path == path
-    # Named <arm>-<algorithm>.yaml (tiny: <arm>.yaml) after the arm its settings make
+    # Named <arm>-<algorithm>[-<long context>].yaml (tiny: <arm>.yaml) after the arm its settings make
     arm = arm_for(training_args.rollout_context, training_args.distillation)
-    name = os.path.basename(path).removesuffix(".yaml")
+    name, _ = long_context(path)
     assert arm is not None and name in {arm.name, *(f"{arm.name}-{a}" for a in ALGORITHMS)}
     # ... and after the algorithm its settings make
     algorithm = name.removeprefix(arm.name).removeprefix("-")
@@ -54,12 +62,20 @@ def test_every_recipe_parses_without_unknown_keys(path):
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if "/tiny/" not in p], ids=lambda p: os.path.relpath(p, ROOT))
 def test_each_model_reads_data_built_with_its_own_tokenizer(path):
-    # Budgets are counted with the model's tokenizer, so each model's recipes have their own data folder
+    # Budgets are counted with the model's tokenizer, so each model's recipes have their own data folder, and a recipe
+    # for longer contexts its own data built with its long budget
     text = open(path).read()
     recipe = yaml.safe_load(text)
     folder = os.path.basename(os.path.dirname(path))
-    assert recipe["dataset_name"] == f"data/{folder}/musique_depo"
-    assert f"--tokenizer {recipe['model_name_or_path']} --output-dir data/{folder}/musique_depo" in text
+    _, context = long_context(path)
+    data = f"data/{folder}/musique_depo" + (f"_{context}" if context else "")
+    assert recipe["dataset_name"] == data
+    assert f"--tokenizer {recipe['model_name_or_path']}" in text and f"--output-dir {data}" in text
+    if context:  # the long budget and the prompt limit within the positions the model's RoPE covers
+        budget = recipe["max_long_prompt_length"]
+        assert f"--long-budget {budget}" in text
+        positions = recipe["model_init_kwargs"]["max_position_embeddings"]
+        assert budget + recipe["max_completion_length"] <= positions and positions >= int(context[:-1]) * 1024
 
 
 def test_unknown_recipe_keys_are_rejected(tmp_path):

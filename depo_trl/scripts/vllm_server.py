@@ -17,6 +17,7 @@ and nothing else can. Trainers on other nodes need `--host` set to an address of
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import sys
@@ -57,6 +58,14 @@ def server_command(recipe: dict, args: argparse.Namespace, extra_args: list[str]
         enforce_eager=args.enforce_eager,
         trust_remote_code=bool(recipe.get("trust_remote_code", False)),
     )
+    # A recipe that changes the model's RoPE (e.g. YaRN for contexts past 32K) has the server sample with the same
+    overrides = {
+        key: value
+        for key, value in (recipe.get("model_init_kwargs") or {}).items()
+        if key in ("rope_parameters", "max_position_embeddings")
+    }
+    if overrides:
+        extra_args = ["--hf-overrides", json.dumps(overrides), *extra_args]
     return build_command(serve_args, ["--worker-extension-cls", WORKER_EXTENSION, *extra_args])
 
 

@@ -3,6 +3,7 @@ entry point, two CPU processes in one group, against the same config with groups
 global batch, under SGD without clipping (see test_deepspeed.py): DePO and DePO-IW, one forward per window and a
 chunked pass recomputed in the backward, a process that distils nothing, and a resume."""
 
+import json
 import shutil
 
 import pytest
@@ -37,6 +38,23 @@ def test_a_group_of_two_trains_exactly_like_groups_of_one(tmp_path, distillation
     moved = largest_difference(saved_weights(reference), saved_weights(WARM_START))
     assert moved > 1e-3, "nothing moved: the comparison checks nothing"
     assert largest_difference(saved_weights(split), saved_weights(reference)) < 1e-6
+
+
+@pytest.mark.slow
+def test_several_steps_per_generation_and_evaluation_during_training_split_alike(tmp_path):
+    # Two optimizer windows per generation batch (as the GSPO recipes), and an evaluation after every second step,
+    # whose batches are their own windows: every group splits them alike
+    settings = ["--steps_per_generation", "2", "--gradient_accumulation_steps", "1", "--eval_strategy", "steps",
+                "--eval_steps", "2", "--dataset_test_split", "train", "--per_device_eval_batch_size", "8",
+                "--save_strategy", "no"]  # fmt: skip
+    (reference, _), (split, result) = (
+        train(tmp_path / f"sp{size}", size, "kd", "chunked", *settings) for size in (1, 2)
+    )
+    assert largest_difference(saved_weights(split), saved_weights(reference)) < 1e-6
+    evaluations = [
+        log for log in json.loads((split / "trainer_state.json").read_text())["log_history"] if "eval_loss" in log
+    ]
+    assert evaluations and all("eval_depo/kd_loss" in log for log in evaluations)
 
 
 @pytest.mark.slow

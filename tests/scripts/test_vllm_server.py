@@ -108,3 +108,13 @@ def test_the_server_is_sized_for_short_prompts(capsys):
     assert command[:4] == ["VLLM_SERVER_DEV_MODE=1", "vllm", "serve", "Qwen/Qwen2.5-7B-Instruct"]
     # DePO samples from the short prompts only: the recipe's short budget plus its completion length
     assert option(command, "--max-model-len") == "2560" and "--enable-prefix-caching" in command
+    assert "--hf-overrides" not in command  # the model as it is published
+
+
+def test_the_server_samples_with_the_rope_scaling_the_recipe_trains_with(capsys):
+    recipe = os.path.join(ROOT, "recipes", "qwen2.5-7b-instruct", "depo-grpo-128k.yaml")
+    vllm_server.main(["--config", recipe, "--dry-run"])
+    command = shlex.split(capsys.readouterr().out)
+    overrides = yaml.safe_load(option(command, "--hf-overrides"))
+    assert overrides == yaml.safe_load(open(recipe))["model_init_kwargs"]
+    assert overrides["rope_parameters"]["rope_type"] == "yarn" and option(command, "--max-model-len") == "2560"
