@@ -239,6 +239,7 @@ def predict_7b() -> list[dict]:
             layer_checkpointing=checkpointing,
             rollouts_per_prompt=8,
             keys_repeated_per_head=False,
+            gathered_head=True,  # ZeRO-3
         )  # fmt: skip
         for checkpointing in (False, True)
     )
@@ -323,6 +324,7 @@ def predict_long_contexts() -> list[dict]:
                     rollouts_per_prompt=8,
                     keys_repeated_per_head=False,
                     sequence_parallel=size,
+                    gathered_head=True,
                 )  # fmt: skip
                 for checkpointing in (False, True)
             )

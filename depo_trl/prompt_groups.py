@@ -9,7 +9,6 @@ window with whole groups computes each prompt once where stray rollouts make it 
 Shuffling whole groups keeps both: the groups' order is random, each group's rollouts stay together.
 """
 
-import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -61,7 +60,7 @@ def shuffled_by_prompt_group(enabled: bool) -> Iterator[None]:
         yield
         return
     original = grpo_trainer_module.shuffle_sequence_dict
-    grpo_trainer_module.shuffle_sequence_dict = functools.wraps(original)(shuffle_whole_groups)
+    grpo_trainer_module.shuffle_sequence_dict = shuffle_whole_groups
     try:
         yield
     finally:

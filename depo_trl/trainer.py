@@ -26,7 +26,13 @@ from trl.trainer.utils import get_config_model_id
 
 from .checkpoints import ExactResumeCallback
 from .config import DePOConfig
-from .data.checks import check_dataset, datasets_by_split, drop_overlong_rows
+from .data.checks import (
+    check_batch_answers,
+    check_dataset,
+    check_long_prompt_lengths,
+    datasets_by_split,
+    drop_overlong_rows,
+)
 from .distillation import (
     DISTILLATIONS,
     Accumulation,
@@ -42,7 +48,7 @@ from .distillation.long_pass.checkpointing import reentrant_checkpointing_proble
 from .distillation.long_pass.sequence_parallel import SequenceParallelGroup
 from .model_card import PAPER, depo_model_card_section
 from .prompt_groups import PROMPT_GROUP, prompt_groups, shuffled_by_prompt_group
-from .rewards import answer_column_problem, reads_answer_column
+from .rewards import reads_answer_column
 from .rollout_context import rollout_rows
 from .user_errors import UsageError
 from .vllm_sync import depo_vllm_generation
@@ -140,23 +146,24 @@ class DePOTrainer(GRPOTrainer):
         self.add_callback(ExactResumeCallback())  # checkpoints at generation-batch boundaries, for an exact resume
         self._reads_answer_column = reads_answer_column(self.reward_funcs)
         if args.uses_long_prompt and args.max_long_prompt_length is not None:
-            self._drop_overlong_rows(args.max_long_prompt_length)
+            self.train_dataset, self.eval_dataset = drop_overlong_rows(
+                self.train_dataset,
+                self.eval_dataset,
+                args.max_long_prompt_length,
+                lambda prompts: [len(ids) for ids in self._tokenize_prompts(prompts)[0]],  # rendered as in training
+            )
         self.distillation_class = DISTILLATIONS.get(args.distillation)
         if self.distillation_class is not None:
             config = self.accelerator.unwrap_model(self.model).config
-            group = None
-            if self.sequence_parallel_size > 1:
-                problem = sequence_parallel.model_problem(config, self.sequence_parallel_size, args.world_size)
-                if problem:
-                    raise UsageError(problem + ".")
-                group = SequenceParallelGroup.create(
-                    self.sequence_parallel_size, self.accelerator.process_index, self.accelerator.num_processes
-                )
+            share_prefix = args.share_long_prefix and enable_prefix_sharing(config)
+            group = SequenceParallelGroup.for_model(
+                config, self.sequence_parallel_size, self.accelerator, share_prefix
+            )
             self.long_pass = LongPass(
                 self.accelerator,
                 naive_log_probs=self._naive_long_log_probs,
                 pad_token_id=self._tokenizer.pad_token_id,
-                share_prefix=args.share_long_prefix and enable_prefix_sharing(config),
+                share_prefix=share_prefix,
                 requested_tokens=args.distillation_forward_tokens,
                 memory_fraction=args.distillation_memory_fraction,
                 rollouts_per_prompt=args.num_generations,
@@ -169,22 +176,11 @@ class DePOTrainer(GRPOTrainer):
         batches are prompts, whose rollouts every rank keeps for the proxy term (`sequence_parallel.py`)."""
         super().create_accelerator_and_postprocess()
         config = self.accelerator.parallelism_config
-        self.sequence_parallel_size = config.sp_size if config is not None and config.sp_enabled else 1
-        if self.sequence_parallel_size > 1:
+        # The launch's size where an earlier trainer of this process already took the (process-wide) state's
+        enabled = config is not None and config.sp_enabled
+        self.sequence_parallel_size = config.sp_size if enabled else sequence_parallel.launched_size()
+        if enabled:
             self.accelerator.state.parallelism_config = None
-
-    def _drop_overlong_rows(self, limit: int) -> None:
-        def lengths(long_prompts: list) -> list[int]:  # rendered exactly as for training
-            return [len(ids) for ids in self._tokenize_prompts(long_prompts)[0]]
-
-        self.train_dataset = drop_overlong_rows(self.train_dataset, limit, lengths, "train")
-        if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {
-                name: drop_overlong_rows(dataset, limit, lengths, f"eval ({name})")
-                for name, dataset in self.eval_dataset.items()
-            }
-        elif self.eval_dataset is not None:
-            self.eval_dataset = drop_overlong_rows(self.eval_dataset, limit, lengths, "eval")
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card, plus the DePO settings of the run and the recipe it was launched with."""
@@ -211,11 +207,7 @@ class DePOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         if self._reads_answer_column:
-            # A malformed `answer` on one process stops every process alike, not only the one whose reward raises
-            local = answer_column_problem([row.get("answer") for row in inputs])
-            problems = [problem for problem in gather_object([local]) if problem]
-            if problems:
-                raise UsageError(f"A {'training' if self.model.training else 'evaluation'} batch: {problems[0]}.")
+            check_batch_answers(inputs, "training" if self.model.training else "evaluation")
         rows = rollout_rows(
             inputs, self.args.rollout_context, self.model.training, self.args.seed, self.state.global_step
         )
@@ -251,13 +243,7 @@ class DePOTrainer(GRPOTrainer):
             each_on_its_own=self.environment_factories is not None,
         )
         all_lengths = self.accelerator.gather(torch.tensor([len(ids) for ids in long_prompt_ids], device=device))
-        limit = self.args.max_long_prompt_length
-        if limit is not None and int(all_lengths.max()) > limit:  # decided on the gathered lengths: every process
-            raise UsageError(
-                f"max_long_prompt_length={limit}: a long prompt of {int(all_lengths.max())} tokens; rows over the "
-                "limit are dropped when the trainer is built, but a dataset passed to evaluate() or changed later is "
-                "not filtered. Filter it, or raise max_long_prompt_length."
-            )
+        check_long_prompt_lengths(all_lengths, self.args.max_long_prompt_length)
         process = self.accelerator.process_index
         batch = GenerationBatch(
             output=output,

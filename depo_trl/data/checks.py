@@ -6,6 +6,8 @@ Also the filter of rows whose long prompt is over `max_long_prompt_length`."""
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import torch
+from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from transformers.utils import logging
 
@@ -58,6 +60,27 @@ def check_dataset(
         raise UsageError(f"{where}: {problem}.")
 
 
+def check_batch_answers(rows: Sequence[dict], phase: str) -> None:
+    """Stop every process alike when a generation batch's `answer` is one the built-in rewards cannot read: they would
+    raise on the process that holds it only, leaving the others waiting in TRL's reward gather. `phase`: "training"
+    or "evaluation"."""
+    local = answer_column_problem([row.get("answer") for row in rows])
+    problems = [problem for problem in gather_object([local]) if problem]
+    if problems:
+        raise UsageError(f"A {phase} batch: {problems[0]}.")
+
+
+def check_long_prompt_lengths(all_lengths: torch.Tensor, limit: int | None) -> None:
+    """Refuse a generation batch with a long prompt over `limit` tokens, decided on every process's lengths alike:
+    rows over it are dropped when the trainer is built, but a dataset given to `evaluate()` or changed later is not."""
+    if limit is not None and int(all_lengths.max()) > limit:
+        raise UsageError(
+            f"max_long_prompt_length={limit}: a long prompt of {int(all_lengths.max())} tokens; rows over the limit "
+            "are dropped when the trainer is built, but a dataset passed to evaluate() or changed later is not "
+            "filtered. Filter it, or raise max_long_prompt_length."
+        )
+
+
 def datasets_by_split(train_dataset, eval_dataset) -> Iterator[tuple[str, Dataset | IterableDataset]]:
     """`(split name, dataset)` for a trainer's train dataset and its eval dataset(s)."""
     if train_dataset is not None:
@@ -70,31 +93,40 @@ def datasets_by_split(train_dataset, eval_dataset) -> Iterator[tuple[str, Datase
 
 
 def drop_overlong_rows(
-    dataset: Dataset | IterableDataset, limit: int, long_prompt_lengths: Callable[[list], list[int]], split: str
-) -> Dataset | IterableDataset:
-    """`dataset` without the rows whose long prompt has more than `limit` tokens (`long_prompt_lengths` renders and
-    counts a batch of them as training does), with one warning saying how many went; an error if none is left. An
-    iterable dataset is filtered as it streams."""
-    if isinstance(dataset, IterableDataset):
-        logger.warning(
-            f"max_long_prompt_length={limit}: {split} rows with longer long prompts are skipped as they stream in; an "
-            "iterable dataset cannot say in advance how many."
-        )
-        return dataset.filter(lambda row: long_prompt_lengths([row["long_prompt"]])[0] <= limit)
-    keep = []
-    for start in range(0, len(dataset), _LENGTH_CHECK_BATCH_SIZE):
-        lengths = long_prompt_lengths(dataset[start : start + _LENGTH_CHECK_BATCH_SIZE]["long_prompt"])
-        keep.extend(start + offset for offset, length in enumerate(lengths) if length <= limit)
-    if not keep:
-        raise UsageError(
-            f"max_long_prompt_length={limit}: every {split} row has a longer long prompt; raise the limit or rebuild "
-            "the data with a smaller long-context budget."
-        )
-    dropped = len(dataset) - len(keep)
-    if dropped:
-        logger.warning(
-            f"Dropped {dropped} of {len(dataset)} {split} rows whose long prompt exceeds "
-            f"max_long_prompt_length={limit} tokens."
-        )
-        dataset = dataset.select(keep)
-    return dataset
+    train_dataset, eval_dataset, limit: int, long_prompt_lengths: Callable[[list], list[int]]
+) -> tuple[Dataset | IterableDataset | None, Dataset | IterableDataset | dict | None]:
+    """The train and eval dataset(s) without the rows whose long prompt has more than `limit` tokens
+    (`long_prompt_lengths` renders and counts a batch of them as training does), each with one warning saying how many
+    went; an error if a dataset keeps none. An iterable dataset is filtered as it streams."""
+
+    def drop(dataset, split: str):
+        if dataset is None:
+            return None
+        if isinstance(dataset, IterableDataset):
+            logger.warning(
+                f"max_long_prompt_length={limit}: {split} rows with longer long prompts are skipped as they stream "
+                "in; an iterable dataset cannot say in advance how many."
+            )
+            return dataset.filter(lambda row: long_prompt_lengths([row["long_prompt"]])[0] <= limit)
+        keep = []
+        for start in range(0, len(dataset), _LENGTH_CHECK_BATCH_SIZE):
+            lengths = long_prompt_lengths(dataset[start : start + _LENGTH_CHECK_BATCH_SIZE]["long_prompt"])
+            keep.extend(start + offset for offset, length in enumerate(lengths) if length <= limit)
+        if not keep:
+            raise UsageError(
+                f"max_long_prompt_length={limit}: every {split} row has a longer long prompt; raise the limit or "
+                "rebuild the data with a smaller long-context budget."
+            )
+        dropped = len(dataset) - len(keep)
+        if dropped:
+            logger.warning(
+                f"Dropped {dropped} of {len(dataset)} {split} rows whose long prompt exceeds "
+                f"max_long_prompt_length={limit} tokens."
+            )
+            dataset = dataset.select(keep)
+        return dataset
+
+    train_dataset = drop(train_dataset, "train")
+    if isinstance(eval_dataset, dict):
+        return train_dataset, {name: drop(dataset, f"eval ({name})") for name, dataset in eval_dataset.items()}
+    return train_dataset, drop(eval_dataset, "eval")

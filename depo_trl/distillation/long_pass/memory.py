@@ -32,7 +32,8 @@ class LongPassMemory:
     `head_tile`: bytes per token of the logits tile TRL's fused LM head projects the row in, for up to
     `TOKEN_CHUNK_SIZE` tokens (`trl/kernels/chunked_logprob.py`: `[4096, min(vocab, 32768)]`, 256 MiB at 7B in bf16).
     `fixed`: bytes a forward's backward takes whatever its length: the fused head accumulates its weight's gradient in
-    float32 beside the weight it gathers under ZeRO-3, 3.3 GB at 7B; nothing when the head is frozen (LoRA).
+    float32 and casts it to the weight's dtype (both live at once), beside the weight it gathers under ZeRO-3 or FSDP:
+    4.4 GB at 7B in bf16 under ZeRO-3; only the gathered weight when the head is frozen (LoRA).
     """
 
     held: float
@@ -67,6 +68,7 @@ class LongPassMemory:
         adapter_bytes: float = 0.0,
         trainable_head: bool = True,
         sequence_parallel: int = 1,
+        gathered_head: bool = False,
     ) -> "LongPassMemory":
         """The estimate for a Llama-style decoder (`config`'s text model) computing in `dtype_bytes` per element (the
         residual stream's: float32 weights under bf16 autocast keep it in float32).
@@ -76,6 +78,7 @@ class LongPassMemory:
         (the pass without sharing), whose attention builds per-row masks, and with `eager_attention` keeps
         `heads x row` scores per query token and layer. `adapter_bytes`: what the model's adapters save on top, per
         token and layer ([`adapter_activation_bytes`]). `trainable_head`: the LM head's weight takes a gradient.
+        `gathered_head`: the LM head's weight is gathered for each forward and backward (ZeRO-3, FSDP).
         `sequence_parallel`: the row is split over a group of this many ranks; the counts are then per token a rank
         holds (its shard), and a layer's working set adds Ulysses' exchange buffers (`sequence_parallel.py`).
         """
@@ -107,7 +110,9 @@ class LongPassMemory:
         # for a scored position
         head_input = 3 * hidden * dtype_bytes
         vocab = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 0)
-        head_gradient = vocab * hidden * (4 + dtype_bytes) if trainable_head else 0.0
+        head_gradient = (
+            vocab * hidden * ((4 + dtype_bytes if trainable_head else 0) + (dtype_bytes if gathered_head else 0))
+        )
         head_tile = min(vocab, _CHUNKED_LOGPROB_CHUNK_SIZE) * dtype_bytes
         if layer_checkpointing:
             held, working = layers * hidden * dtype_bytes + head_input, 2 * layer + mask

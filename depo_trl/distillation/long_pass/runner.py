@@ -162,12 +162,18 @@ class LongPass:
         if memory is None:  # no memory reading: the model's own checkpointing, every forward but the last recomputed
             how = PassPlan.RECOMPUTED if count > 1 else PassPlan.HELD
         else:
-            how = plan_pass(*memory, held, size, count, available)
+            how = plan_pass(*memory, held, self._per_rank(size), count, available)  # what one rank holds
         forwards = [[[order[position] for position in group] for group in forward] for forward in planned]
         return WindowPlan(
             forwards, size, count, held, int(held_per_process[self.accelerator.process_index]), how, memory, available,
             layer_checkpointing, self.sequence_parallel.size if self.sequence_parallel else 1,
         )  # fmt: skip
+
+    def _shards_parameters(self) -> bool:
+        """Whether each forward gathers the parameters (ZeRO-3 or FSDP), the LM head's weight among them."""
+        state = self.accelerator.state
+        plugin = getattr(state, "deepspeed_plugin", None)
+        return (plugin is not None and plugin.zero_stage == 3) or getattr(state, "fsdp_plugin", None) is not None
 
     def _per_rank(self, tokens: int) -> int:
         """Tokens of a forward of `tokens` one rank holds: all of them, or a shard under sequence parallelism."""
@@ -256,6 +262,7 @@ class LongPass:
             adapter_bytes=adapter_activation_bytes(unwrapped, compute_bytes),
             trainable_head=unwrapped.get_output_embeddings().weight.requires_grad,
             sequence_parallel=self.sequence_parallel.size if self.sequence_parallel else 1,
+            gathered_head=self._shards_parameters(),
         )
         plain = shapes(layer_checkpointing=False)
         checkpointed = shapes(layer_checkpointing=True) if layer_checkpointing else None

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from transformers import PretrainedConfig
 
+from ...user_errors import UsageError
 from ..rollouts import Rollouts
 
 
@@ -130,6 +131,25 @@ class SequenceParallelGroup:
             if process_index in members:
                 mine = cls(size, process_index - first, members, group)
         return mine
+
+    @classmethod
+    def for_model(
+        cls, config: PretrainedConfig, size: int, accelerator, shares_prefix: bool
+    ) -> "SequenceParallelGroup | None":
+        """This rank's group of `size` for a model (None for a size of 1), or a one-line
+        [`~depo_trl.user_errors.UsageError`] when the model cannot split its rows that way (`shares_prefix`: its long
+        pass packs rows, which a group splits; the pass without sharing is not split)."""
+        if size == 1:
+            return None
+        problem = model_problem(config, size, accelerator.num_processes)
+        if not problem and not shares_prefix:
+            problem = (
+                f"parallelism_config_sp_size {size}: sequence parallelism splits packed rows, and this model's long "
+                "pass cannot pack them (see the share_long_prefix warning above); launch without it"
+            )
+        if problem:
+            raise UsageError(problem + ".")
+        return cls.create(size, accelerator.process_index, accelerator.num_processes)
 
     def padded_length(self, length: int) -> int:
         """`length` rounded up to a multiple of the group's size, so every rank holds an equal shard."""

@@ -79,11 +79,43 @@ def test_memory_model_of_qwen_7b_with_checkpointing():
         config, 2, layer_checkpointing=False, rollouts_per_prompt=8, keys_repeated_per_head=False
     )
     assert without.held > 20 * memory.held  # every layer's activations: why the recipes checkpoint
-    # The LM head's float32 weight gradient beside its bf16 copy gathered under ZeRO-3, whatever the tokens, and its
-    # logits tile of 4096 tokens x 32768 vocabulary entries (256 MiB)
+    # The LM head's float32 weight gradient and its bf16 cast, whatever the tokens, and its logits tile of 4096 tokens
+    # x 32768 vocabulary entries (256 MiB)
     assert memory.fixed == without.fixed == 152064 * 3584 * (4 + 2)
     assert memory.working_bytes(23368) - 23368 * memory.working == 4096 * 32768 * 2
-    frozen_head = LongPassMemory.of_model(
-        config, 2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False, trainable_head=False
+    # Under ZeRO-3 (the recipes') the head's bf16 weight is gathered beside them: 4.4 GB; a frozen head (LoRA): that
+    settings = {"layer_checkpointing": True, "rollouts_per_prompt": 8, "keys_repeated_per_head": False}
+    sharded = LongPassMemory.of_model(config, 2, gathered_head=True, **settings)
+    assert sharded.fixed == 152064 * 3584 * (4 + 2 + 2) and 4.3 < sharded.fixed / 1e9 < 4.4
+    assert LongPassMemory.of_model(config, 2, trainable_head=False, **settings).fixed == 0
+    assert LongPassMemory.of_model(config, 2, trainable_head=False, gathered_head=True, **settings).fixed == (
+        152064 * 3584 * 2
     )
-    assert frozen_head.fixed == 0
+
+
+def test_a_sequence_parallel_window_is_planned_for_what_one_rank_holds(monkeypatch):
+    """The plan decides from a rank's shards: its held tokens and a forward's shard, not the whole row."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import Qwen2Config
+
+    from depo_trl.distillation import LongPass, Rollouts
+    from depo_trl.distillation.long_pass import runner
+
+    decided = []
+    monkeypatch.setattr(runner, "plan_pass", lambda *sizes: decided.append(sizes) or runner.PassPlan.HELD)
+    monkeypatch.setattr(runner, "available_memory", lambda device: 10 * 2**30)
+    group = type("Group", (), {"size": 4})()  # what `plan` reads of a sequence-parallel group
+    long_pass = LongPass(Accelerator(cpu=True), None, 0, True, None, 0.8, 2, sequence_parallel=group)
+    model = torch.nn.Module()
+    model.config = Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    model.dtype = torch.float32
+    model.get_output_embeddings = lambda: torch.nn.Linear(32, 64)
+    prompt = torch.arange(1000)
+    completions = torch.ones((2, 100), dtype=torch.long)
+    rollouts = Rollouts([prompt, prompt], completions, torch.ones_like(completions), torch.ones_like(completions))
+    plan = long_pass.plan(model, rollouts, torch.arange(2))
+    [(plain, checkpointed, held, tokens_per_rank, count, available)] = decided
+    row = 1000 + 2 * 101 - 1
+    assert plan.tokens_per_forward == row and tokens_per_rank == plan.tokens_per_rank == -(-row // 4)
+    assert held == plan.held_tokens == -(-row // 4) and count == 1

@@ -44,3 +44,20 @@ def test_the_sizes_a_model_allows_divide_its_query_heads_and_the_processes():
     llama_8b = Qwen2Config(num_attention_heads=32, num_key_value_heads=8)
     assert allowed_sizes(llama_8b, 8) == [1, 2, 4, 8]
     assert allowed_sizes(qwen_7b, 6) == [1, 2]  # 3 and 6 divide no 28
+
+
+def test_a_model_whose_long_pass_cannot_pack_rows_is_refused_before_any_group_is_made():
+    from types import SimpleNamespace
+
+    from depo_trl.distillation.long_pass.sequence_parallel import SequenceParallelGroup
+    from depo_trl.user_errors import UsageError
+
+    config = Qwen2Config(num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
+    processes = SimpleNamespace(num_processes=2, process_index=0)
+    assert SequenceParallelGroup.for_model(config, 1, processes, shares_prefix=False) is None
+    # e.g. a layer type the packed row cannot reproduce: each rank would compute every member's rows whole
+    with pytest.raises(UsageError, match="sp_size 2: sequence parallelism splits packed rows"):
+        SequenceParallelGroup.for_model(config, 2, processes, shares_prefix=False)
+    eager = Qwen2Config(num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    with pytest.raises(UsageError, match="runs SDPA or flash-attention, not 'eager'"):
+        SequenceParallelGroup.for_model(eager, 2, processes, shares_prefix=True)
