@@ -10,28 +10,20 @@ off on one node only), and [`resume_checkpoint`] has them agree on one. The entr
 `DePOTrainer` user resumes the same way, once the trainer is built:
 
     trainer.train(resume_from_checkpoint=resume_checkpoint(trainer.accelerator, trainer.args))
-
-A checkpoint resumes exactly only at a generation-batch boundary: inside one, TRL would generate the batch's rollouts
-again, other samples than the uninterrupted run trained on. [`ExactResumeCallback`] (every `DePOTrainer` has it) keeps
-the checkpoints a run writes at those boundaries, and refuses to train on from one that is not.
+Where a run writes its checkpoints, so that each resumes exactly, is `exact_resume.py`.
 """
 
 import json
-import math
 import os
 import re
 import socket
 import struct
 import zipfile
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, has_length
+from transformers import TrainingArguments
 from transformers.utils import logging
-from trl import GRPOConfig
-from trl.trainer.utils import RepeatSampler
 
 from .user_errors import UsageError, require_folder
 
@@ -160,23 +152,25 @@ def checkpoint_problems(folder: str, model_only: bool = False) -> list[str]:
     return [problem for problem in problems if problem]
 
 
-def _step(name: str) -> int:
+def checkpoint_step(name: str) -> int:
     return int(_CHECKPOINT_FOLDER.match(name)[1])
 
 
-def _checkpoint_folders(output_dir: str) -> list[str]:
+def checkpoint_folders(output_dir: str) -> list[str]:
     """The names of the `checkpoint-<step>` folders in `output_dir`, newest (highest step) first."""
     if not os.path.isdir(output_dir):
         return []
     names = [name for name in os.listdir(output_dir) if _CHECKPOINT_FOLDER.match(name)]
-    return sorted((name for name in names if os.path.isdir(os.path.join(output_dir, name))), key=_step, reverse=True)
+    return sorted(
+        (name for name in names if os.path.isdir(os.path.join(output_dir, name))), key=checkpoint_step, reverse=True
+    )
 
 
 def last_complete_checkpoint(output_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
     """The newest complete `checkpoint-<step>` folder in `output_dir` (None if there is none), and the newer ones it
     skipped as incomplete: (folder name, what is wrong with it)."""
     skipped = []
-    for name in _checkpoint_folders(output_dir):
+    for name in checkpoint_folders(output_dir):
         problems = checkpoint_problems(os.path.join(output_dir, name))
         if not problems:
             return os.path.join(output_dir, name), skipped
@@ -220,7 +214,7 @@ def checkpoint_view(args: TrainingArguments) -> dict[str, list[str]]:
         return {given: problems}
     return {
         name: checkpoint_problems(os.path.join(args.output_dir, name), args.save_only_model)
-        for name in _checkpoint_folders(args.output_dir)
+        for name in checkpoint_folders(args.output_dir)
     }
 
 
@@ -242,7 +236,7 @@ def agree_on_checkpoint(views: list[View], args: TrainingArguments) -> tuple[str
             if folders[given]:
                 raise _incomplete_given(given, folders[given], _whom(views, index))
         return given, []
-    names = sorted({name for _, folders in views for name in folders}, key=_step, reverse=True)
+    names = sorted({name for _, folders in views for name in folders}, key=checkpoint_step, reverse=True)
     skipped = []
     for name in names:
         lacking = [index for index, (_, folders) in enumerate(views) if folders.get(name, ["no such folder"])]
@@ -285,149 +279,3 @@ def resume_checkpoint(accelerator: Accelerator, args: TrainingArguments) -> str 
         for warning in warnings:
             logger.warning(warning)
     return checkpoint
-
-
-# ---- Checkpoints at generation-batch boundaries ---------------------------------------------------------------------
-
-
-def generation_batch_span(args: GRPOConfig) -> int:
-    """Optimizer steps from one generation-batch boundary to the next: the fewest whose micro-batches
-    (`gradient_accumulation_steps` each) fill whole generation batches (`steps_per_generation x num_iterations`
-    micro-batches each)."""
-    generation = args.steps_per_generation * args.num_iterations
-    return generation // math.gcd(generation, args.gradient_accumulation_steps)
-
-
-def generation_batch_offset(step: int, args: GRPOConfig, steps_in_epoch: int | None = None) -> int:
-    """Micro-batches by which optimizer step `step` ends past the start of a generation batch: 0 at a boundary.
-
-    An epoch of `steps_in_epoch` micro-batches holds whole generation batches, and its last optimizer step takes the
-    micro-batches left (fewer than `gradient_accumulation_steps` when they do not divide the epoch), so past the first
-    epoch the boundaries need not fall on multiples of [`generation_batch_span`]. Without a length (an iterable
-    dataset), training is one epoch.
-    """
-    accumulation = args.gradient_accumulation_steps
-    micro_batches = step * accumulation
-    if steps_in_epoch:
-        per_epoch = math.ceil(steps_in_epoch / accumulation)
-        micro_batches = step // per_epoch * steps_in_epoch + step % per_epoch * accumulation
-    return micro_batches % (args.steps_per_generation * args.num_iterations)
-
-
-def check_best_saves(args: GRPOConfig, eval_steps: int) -> None:
-    """With `save_strategy="best"`, a checkpoint is saved when an evaluation improves on the best metric: fail with a
-    [`UsageError`] unless evaluations every `eval_steps` optimizer steps fall at generation-batch boundaries. Deferring
-    such a save to the next boundary would save other weights than the best ones."""
-    span = generation_batch_span(args)
-    best = args.save_strategy == SaveStrategy.BEST and args.eval_strategy == IntervalStrategy.STEPS
-    if best and eval_steps % span:
-        resolved = "" if eval_steps == args.eval_steps else f" ({eval_steps} optimizer steps)"
-        raise UsageError(
-            f"eval_steps={args.eval_steps}{resolved}: save_strategy='best' saves a checkpoint at an evaluation, a "
-            f"generation batch spans {span} optimizer steps (steps_per_generation={args.steps_per_generation} x "
-            f"num_iterations={args.num_iterations} micro-steps, gradient_accumulation_steps="
-            f"{args.gradient_accumulation_steps}), and a checkpoint inside one does not resume exactly (its rollouts "
-            f"would be generated again); set eval_steps to a multiple of {span}."
-        )
-
-
-def _replay_epoch_orders(train_dataloader, epochs: int) -> None:
-    """Draw the orders of the `epochs` already trained from a resumed run's sampler. TRL's `RepeatSampler` draws each
-    epoch's order from one generator, seeded once, which the resumed run builds afresh: without the draws, its next
-    epoch would take the first epoch's order instead of the uninterrupted run's."""
-    batch_sampler = getattr(train_dataloader, "batch_sampler", None)
-    # Under accelerate's BatchSamplerShard when the processes share the batches
-    sampler = getattr(getattr(batch_sampler, "batch_sampler", batch_sampler), "sampler", None)
-    if isinstance(sampler, RepeatSampler) and sampler.shuffle:
-        for _ in range(epochs):
-            torch.randperm(sampler.num_samples, generator=sampler.generator)
-
-
-class ExactResumeCallback(TrainerCallback):
-    """Keeps a run's checkpoints at generation-batch boundaries, where it resumes exactly.
-
-    - A save inside a generation batch (a `save_steps` given as a ratio of the total, which resolves to steps only when
-      training starts; a step past the first epoch, whose boundaries shift when the epoch's last optimizer step takes
-      fewer micro-batches) is deferred to the next boundary; `save_steps` is rounded up to the generation batch when
-      training starts. The save at the end of training is kept wherever it falls: it is the run's final state.
-    - `save_strategy="best"` saves at evaluations: `eval_steps` given as a ratio must resolve to the generation batch
-      ([`check_best_saves`]; DePOConfig checks the steps given as a number).
-    - A resumed run must start at a boundary, and must have a step left to train: transformers would train one step
-      past `max_steps` from a checkpoint at `max_steps` in the middle of an epoch. Either is a [`UsageError`] before
-      the first step.
-    - A run resumed after its first epoch goes on with the uninterrupted run's order of rows
-      ([`_replay_epoch_orders`]).
-    """
-
-    def __init__(self):
-        self.steps_in_epoch: int | None = None
-        self.deferred = False
-
-    def on_train_begin(self, args, state: TrainerState, control: TrainerControl, train_dataloader=None, **kwargs):
-        accumulation = args.gradient_accumulation_steps
-        # As the Trainer counts: an epoch is the dataloader's length, or all of training without one
-        if train_dataloader is not None and has_length(train_dataloader):
-            self.steps_in_epoch = len(train_dataloader)
-        else:
-            self.steps_in_epoch = state.max_steps * accumulation
-        self.deferred = False
-        span = generation_batch_span(args)
-        if args.save_strategy == SaveStrategy.STEPS and state.save_steps % span:
-            rounded = math.ceil(state.save_steps / span) * span
-            if state.is_world_process_zero:
-                logger.warning(
-                    f"save_steps={args.save_steps} saves every {state.save_steps} of {state.max_steps} optimizer "
-                    f"steps, inside a generation batch of {span}: checkpoints are saved every {rounded} steps instead."
-                )
-            state.save_steps = rounded
-        check_best_saves(args, state.eval_steps or 0)
-        if state.global_step:
-            self._check_resumed_step(args, state)
-            _replay_epoch_orders(train_dataloader, state.global_step // self._steps_per_epoch(args))
-
-    def _steps_per_epoch(self, args) -> int:
-        return math.ceil(self.steps_in_epoch / args.gradient_accumulation_steps)
-
-    def _check_resumed_step(self, args, state: TrainerState) -> None:
-        step, name = state.global_step, f"checkpoint-{state.global_step}"
-        if step >= state.max_steps:
-            if (
-                step // self._steps_per_epoch(args) < state.num_train_epochs
-            ):  # the epoch loop starts, and trains a step before stopping
-                raise UsageError(
-                    f"resume_from_checkpoint {name}: the end of training (max_steps={state.max_steps}), so nothing "
-                    f"is left to train, and transformers would train one step past it; raise max_steps to train on, "
-                    f"or set another output_dir to train again (the trained model is in {name})."
-                )
-            return
-        offset = generation_batch_offset(step, args, self.steps_in_epoch)
-        if offset:
-            earlier = [
-                folder
-                for folder in _checkpoint_folders(args.output_dir)
-                if _step(folder) < step
-                and not generation_batch_offset(_step(folder), args, self.steps_in_epoch)
-                and not checkpoint_problems(os.path.join(args.output_dir, folder), args.save_only_model)
-            ]
-            instead = (
-                os.path.join(args.output_dir, earlier[0]) if earlier else "a checkpoint at a generation-batch boundary"
-            )
-            raise UsageError(
-                f"resume_from_checkpoint {name}: it ends inside a generation batch ({offset} of its "
-                f"{args.steps_per_generation * args.num_iterations} micro-steps trained: steps_per_generation x "
-                "num_iterations), and training on from it would not be exact (the batch's rollouts would be generated "
-                f"again); resume from {instead} instead."
-            )
-
-    def _keep_saves_at_boundaries(self, args, state: TrainerState, control: TrainerControl) -> None:
-        at_boundary = not generation_batch_offset(state.global_step, args, self.steps_in_epoch)
-        if control.should_save and not at_boundary and state.global_step < state.max_steps:
-            control.should_save, self.deferred = False, True
-        elif self.deferred and at_boundary:
-            control.should_save, self.deferred = True, False
-
-    def on_step_end(self, args, state: TrainerState, control: TrainerControl, **kwargs):
-        self._keep_saves_at_boundaries(args, state, control)
-
-    def on_epoch_end(self, args, state: TrainerState, control: TrainerControl, **kwargs):
-        self._keep_saves_at_boundaries(args, state, control)

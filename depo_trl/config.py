@@ -7,9 +7,9 @@ from transformers.utils import logging
 from trl import GRPOConfig
 
 from .arms import ARMS, arm_for
-from .checkpoints import check_best_saves, generation_batch_span
 from .distillation import DISTILLATIONS
 from .distillation.long_pass import sequence_parallel
+from .exact_resume import check_best_saves, generation_batch_span
 from .user_errors import UsageError
 
 

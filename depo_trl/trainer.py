@@ -24,7 +24,6 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
-from .checkpoints import ExactResumeCallback
 from .config import DePOConfig
 from .data.checks import (
     check_batch_answers,
@@ -46,6 +45,7 @@ from .distillation import (
 from .distillation.long_pass import enable_prefix_sharing, sequence_parallel
 from .distillation.long_pass.checkpointing import reentrant_checkpointing_problem
 from .distillation.long_pass.sequence_parallel import SequenceParallelGroup
+from .exact_resume import ExactResumeCallback
 from .model_card import PAPER, depo_model_card_section
 from .prompt_groups import PROMPT_GROUP, prompt_groups, shuffled_by_prompt_group
 from .rewards import reads_answer_column

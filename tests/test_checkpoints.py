@@ -19,8 +19,6 @@ from depo_trl.checkpoints import (
     agree_on_checkpoint,
     check_resume_from_checkpoint,
     checkpoint_problems,
-    generation_batch_offset,
-    generation_batch_span,
     last_complete_checkpoint,
 )
 from depo_trl.scripts.depo import main
@@ -285,18 +283,6 @@ def test_processes_whose_disks_hold_different_checkpoints_resume_alike_or_stop(t
 
 
 # ---- Generation-batch boundaries -----------------------------------------------------------------------------------
-
-
-def test_generation_batch_boundaries_shift_when_an_epoch_ends_inside_an_optimizer_step():
-    # steps_per_generation 2 x num_iterations 3 = 6 micro-batches per generation batch, 4 per optimizer step
-    args = DePOConfig(
-        output_dir="unused", use_cpu=True, steps_per_generation=2, num_iterations=3, gradient_accumulation_steps=4
-    )
-    assert generation_batch_span(args) == 3
-    assert [generation_batch_offset(step, args) for step in range(7)] == [0, 4, 2, 0, 4, 2, 0]
-    # One generation batch per epoch: its second optimizer step takes the 2 micro-batches left, so every epoch end
-    # is a boundary, and step 3 (10 micro-batches) is not
-    assert [generation_batch_offset(step, args, steps_in_epoch=6) for step in range(7)] == [0, 4, 0, 4, 0, 4, 0]
 
 
 if __name__ == "__main__":

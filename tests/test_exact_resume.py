@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from depo_trl import DePOConfig
+from depo_trl.exact_resume import generation_batch_offset, generation_batch_span
 from depo_trl.scripts.depo import main
 from depo_trl.scripts.recipe import parse_recipe
 
@@ -207,3 +208,15 @@ def test_training_on_from_the_end_of_training_or_inside_a_generation_batch_is_re
         f"would be generated again); resume from {tmp_path / 'run' / 'checkpoint-2'} instead."
     )
     assert checkpoints(tmp_path / "run") == ["checkpoint-2", "checkpoint-3"]  # no step was trained
+
+
+def test_generation_batch_boundaries_shift_when_an_epoch_ends_inside_an_optimizer_step():
+    # steps_per_generation 2 x num_iterations 3 = 6 micro-batches per generation batch, 4 per optimizer step
+    args = DePOConfig(
+        output_dir="unused", use_cpu=True, steps_per_generation=2, num_iterations=3, gradient_accumulation_steps=4
+    )
+    assert generation_batch_span(args) == 3
+    assert [generation_batch_offset(step, args) for step in range(7)] == [0, 4, 2, 0, 4, 2, 0]
+    # One generation batch per epoch: its second optimizer step takes the 2 micro-batches left, so every epoch end
+    # is a boundary, and step 3 (10 micro-batches) is not
+    assert [generation_batch_offset(step, args, steps_in_epoch=6) for step in range(7)] == [0, 4, 0, 4, 0, 4, 0]
