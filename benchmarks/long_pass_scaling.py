@@ -218,73 +218,103 @@ def predicted_mib(shape: ModelShape, point: Point, completion_tokens: int, dtype
     return (row * memory.held + memory.working_bytes(row) + parameters(shape) * dtype_bytes) / 2**20
 
 
+def lora_per_layer(shape: ModelShape, rank: int) -> tuple[int, float]:
+    """LoRA of `rank` on every linear layer of a decoder layer of `shape` (q, k, v, o, gate, up, down), with dropout:
+    its parameters, and the bytes it saves per token for the backward in bf16 (`lora_saved_bytes`)."""
+    from depo_trl.distillation.long_pass.memory import lora_saved_bytes
+
+    key_width = shape.hidden // shape.heads * shape.kv_heads
+    attention = [(shape.hidden, shape.hidden), (shape.hidden, key_width), (shape.hidden, key_width)]
+    attention.append((shape.hidden, shape.hidden))
+    mlp = [(shape.hidden, shape.intermediate), (shape.hidden, shape.intermediate), (shape.intermediate, shape.hidden)]
+    linear_shapes = attention + mlp  # (in, out) of q, k, v, o and of gate, up, down
+    adapter_parameters = sum(rank * (fan_in + fan_out) for fan_in, fan_out in linear_shapes)
+    saved = sum(lora_saved_bytes(fan_in, rank, dropout=True, dtype_bytes=2) for fan_in, _ in linear_shapes)
+    return adapter_parameters, saved
+
+
 def predict_7b() -> list[dict]:
     """Qwen2.5-7B's long pass on one 80 GB GPU of the recipes (ZeRO-3 over 8 GPUs, gradient checkpointing,
     flash-attention, bf16; 15K-token prompts with 8 x 1K completions), as `LongPass` plans it: for a window of 4 or 8
     prompts per process (the GRPO/DAPO recipes' 64 rollouts; KD distils only the correct ones), with vLLM colocated at
     0.3 or on a server, with the recipes' `distillation_forward_tokens: 24576` or the memory model's forward size, at
-    DePOConfig's default memory fraction.
+    DePOConfig's default memory fraction; and the same with LoRA (rank 16 on every linear layer, dropout: the frozen
+    model's bf16 weights sharded, the adapters' weights, gradients and Adam states, the frozen LM head gathered
+    without a gradient, the adapters' saved activations) for a window of 8 prompts.
 
     Time: FLOPs at an assumed 40% of an A100's 312 bf16 TFLOP/s; per row token `2 x parameters` for each run of the
     backbone (once held without layer checkpoints, twice held under them, three times recomputed) and `4 x` for
-    the backward, plus causal attention over the prompt and each completion over the prompt.
+    the backward (`2 x` with LoRA: the frozen weights take no gradient), plus causal attention over the prompt and
+    each completion over the prompt.
     """
     from depo_trl.distillation import LongPassMemory, PassPlan, forward_size, plan_pass
     from depo_trl.distillation.long_pass import forward_tokens, plan_forwards
 
-    plain, memory = (
-        LongPassMemory.of_model(
-            shape_config(QWEN_7B),
-            2,
-            layer_checkpointing=checkpointing,
-            rollouts_per_prompt=8,
-            keys_repeated_per_head=False,
-            gathered_head=True,  # ZeRO-3
-        )  # fmt: skip
-        for checkpointing in (False, True)
-    )
     prompt, rollouts, completion = 15360, 8, 1000
     row = prompt + rollouts * (completion + 1)
-    states_gib = QWEN_7B_PARAMETERS * (2 + 4 + 4 + 4) / 8 / 2**30  # bf16 weights, fp32 master + Adam, over 8 GPUs
     head_dim = QWEN_7B.hidden // QWEN_7B.heads
     attention_flops = (
         4 * QWEN_7B.layers * QWEN_7B.heads * head_dim * (prompt**2 / 2 + rollouts * (completion + 1) * prompt)
     )
     throughput = 0.4 * 312e12
+    adapter_parameters, adapter_bytes = lora_per_layer(QWEN_7B, rank=16)
     predictions = []
-    for generation, vllm_gib in (("colocated", 0.3 * 80), ("server", 0.0)):
-        available = (80 - states_gib - vllm_gib) * 0.8 * 2**30
-        for prompts in (4, 8):
-            keys = [p for p in range(prompts) for _ in range(rollouts)]
-            prompt_lengths, completion_lengths = [prompt] * len(keys), [completion] * len(keys)
-            for source in ("recipe", "memory model"):
-                size = (
-                    24576
-                    if source == "recipe"
-                    else forward_size(memory, prompts * row, row, prompt + completion + 1, available)
-                )
-                forwards = plan_forwards(keys, prompt_lengths, completion_lengths, size, share_prefix=True)
-                held = sum(forward_tokens(f, prompt_lengths, completion_lengths, True) for f in forwards)
-                plan = plan_pass(plain, memory, held, size, len(forwards), available)
-                runs = {PassPlan.WITHOUT_LAYER_CHECKPOINTS: 1, PassPlan.HELD: 2, PassPlan.RECOMPUTED: 3}[plan]
-                flops = (2 * runs + 4) * QWEN_7B_PARAMETERS * held + (runs + 2) * attention_flops * prompts
-                per_token = plain if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else memory
-                kept = size if plan == PassPlan.RECOMPUTED else held
-                long_pass_bytes = kept * per_token.held + per_token.working_bytes(size) + per_token.fixed
-                predictions.append(
-                    {
-                        "generation": generation,
-                        "prompts": prompts,
-                        "forward_size": source,
-                        "tokens_per_forward": size,
-                        "forwards": len(forwards),
-                        "plan": plan.value,
-                        "long_pass_gib": long_pass_bytes / 2**30,
-                        "states_gib": states_gib,
-                        "vllm_gib": vllm_gib,
-                        "seconds_per_prompt": flops / prompts / throughput,
-                    }
-                )
+    for adapters in ("none", "LoRA r16"):
+        lora = adapters != "none"
+        plain, memory = (
+            LongPassMemory.of_model(
+                shape_config(QWEN_7B),
+                2,
+                layer_checkpointing=checkpointing,
+                rollouts_per_prompt=8,
+                keys_repeated_per_head=False,
+                adapter_bytes=adapter_bytes if lora else 0.0,
+                trainable_head=not lora,
+                gathered_head=True,  # ZeRO-3
+            )  # fmt: skip
+            for checkpointing in (False, True)
+        )
+        # bf16 weights, and for what trains fp32 master weights and Adam's two moments, over 8 GPUs (ZeRO-3)
+        if lora:
+            states = QWEN_7B_PARAMETERS * 2 + adapter_parameters * QWEN_7B.layers * (2 + 4 + 4 + 4)
+        else:
+            states = QWEN_7B_PARAMETERS * (2 + 4 + 4 + 4)
+        states_gib = states / 8 / 2**30
+        for generation, vllm_gib in (("colocated", 0.3 * 80), ("server", 0.0)):
+            available = (80 - states_gib - vllm_gib) * 0.8 * 2**30
+            for prompts in (8,) if lora else (4, 8):
+                keys = [p for p in range(prompts) for _ in range(rollouts)]
+                prompt_lengths, completion_lengths = [prompt] * len(keys), [completion] * len(keys)
+                for source in ("recipe", "memory model"):
+                    size = (
+                        24576
+                        if source == "recipe"
+                        else forward_size(memory, prompts * row, row, prompt + completion + 1, available)
+                    )
+                    forwards = plan_forwards(keys, prompt_lengths, completion_lengths, size, share_prefix=True)
+                    held = sum(forward_tokens(f, prompt_lengths, completion_lengths, True) for f in forwards)
+                    plan = plan_pass(plain, memory, held, size, len(forwards), available)
+                    runs = {PassPlan.WITHOUT_LAYER_CHECKPOINTS: 1, PassPlan.HELD: 2, PassPlan.RECOMPUTED: 3}[plan]
+                    backward = 2 if lora else 4
+                    flops = (2 * runs + backward) * QWEN_7B_PARAMETERS * held + (runs + 2) * attention_flops * prompts
+                    per_token = plain if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else memory
+                    kept = size if plan == PassPlan.RECOMPUTED else held
+                    long_pass_bytes = kept * per_token.held + per_token.working_bytes(size) + per_token.fixed
+                    predictions.append(
+                        {
+                            "adapters": adapters,
+                            "generation": generation,
+                            "prompts": prompts,
+                            "forward_size": source,
+                            "tokens_per_forward": size,
+                            "forwards": len(forwards),
+                            "plan": plan.value,
+                            "long_pass_gib": long_pass_bytes / 2**30,
+                            "states_gib": states_gib,
+                            "vllm_gib": vllm_gib,
+                            "seconds_per_prompt": flops / prompts / throughput,
+                        }
+                    )
     return predictions
 
 
@@ -513,13 +543,13 @@ def main(argv: list[str] | None = None) -> None:
         text += (
             "\nQwen2.5-7B, 15K-token prompts + 8 x 1K completions, one 80 GB GPU (ZeRO-3 over 8, gradient "
             "checkpointing, flash-attention), as the memory model plans a window of the long pass:\n\n"
-            "| vLLM | prompts in the window | forward size | tokens per forward | forwards | long pass GiB | "
-            "states GiB | vLLM GiB | s per prompt |\n|---|---:|---|---:|---|---:|---:|---:|---:|\n"
+            "| adapters | vLLM | prompts in the window | forward size | tokens per forward | forwards | "
+            "long pass GiB | states GiB | vLLM GiB | s per prompt |\n|---|---|---:|---|---:|---|---:|---:|---:|---:|\n"
         )
         text += "".join(
-            f"| {p['generation']} | {p['prompts']} | {p['forward_size']} | {p['tokens_per_forward']} | "
-            f"{p['forwards']} {p['plan']} | {p['long_pass_gib']:.1f} | {p['states_gib']:.1f} | "
-            f"{p['vllm_gib']:.0f} | {p['seconds_per_prompt']:.1f} |\n"
+            f"| {p['adapters']} | {p['generation']} | {p['prompts']} | {p['forward_size']} | "
+            f"{p['tokens_per_forward']} | {p['forwards']} {p['plan']} | {p['long_pass_gib']:.1f} | "
+            f"{p['states_gib']:.1f} | {p['vllm_gib']:.0f} | {p['seconds_per_prompt']:.1f} |\n"
             for p in predictions
         )
         long_contexts = predict_long_contexts()

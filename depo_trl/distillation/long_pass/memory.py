@@ -121,12 +121,17 @@ class LongPassMemory:
         return cls(held=held, working=working, fixed=head_gradient, head_tile=head_tile)
 
 
+def lora_saved_bytes(in_features: int, rank: int, dropout: bool, dtype_bytes: int) -> int:
+    """What one LoRA adapter on a linear layer saves for the backward per token, beyond what the layer it adapts
+    saves: PEFT computes `lora_B(lora_A(dropout(x)))`, so it keeps its low-rank intermediate (`rank` values) and, with
+    dropout, its own dropped-out copy of the input and the dropout's mask (`in_features x (dtype_bytes + 1)`). Without
+    dropout `lora_A` saves `x`, which the layer keeps anyway."""
+    return rank * dtype_bytes + (in_features * (dtype_bytes + 1) if dropout else 0)
+
+
 def adapter_activation_bytes(model: torch.nn.Module, dtype_bytes: int) -> float:
-    """What the model's LoRA adapters save for the backward, per token and decoder layer (averaged over the layers),
-    beyond what the layer they adapt saves: PEFT computes `lora_B(lora_A(dropout(x)))`, so each adapted linear layer
-    keeps its low-rank intermediate (`rank` values) and, with dropout, its own dropped-out copy of the input and the
-    dropout's mask (`in_features x (dtype_bytes + 1)`). Without dropout `lora_A` saves `x`, which the layer keeps
-    anyway. Zero for a model without adapters."""
+    """What the model's active LoRA adapters save for the backward ([`lora_saved_bytes`]), per token and decoder layer
+    (averaged over the layers). Zero for a model without adapters."""
     from peft.tuners.lora import LoraLayer
 
     total = 0.0
@@ -136,9 +141,8 @@ def adapter_activation_bytes(model: torch.nn.Module, dtype_bytes: int) -> float:
         for adapter in module.active_adapters:
             if adapter not in module.lora_A:
                 continue
-            total += module.r[adapter] * dtype_bytes
-            if not isinstance(module.lora_dropout[adapter], torch.nn.Identity):
-                total += module.in_features * (dtype_bytes + 1)
+            dropout = not isinstance(module.lora_dropout[adapter], torch.nn.Identity)
+            total += lora_saved_bytes(module.in_features, module.r[adapter], dropout, dtype_bytes)
     return total / model.config.get_text_config().num_hidden_layers
 
 
