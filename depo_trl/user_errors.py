@@ -49,7 +49,10 @@ def reports_usage_errors(prog: str) -> Callable[[Command], Command]:
             except UsageError as error:
                 if os.environ.get(DEBUG_VARIABLE, "").lower() in ("1", "true", "yes"):
                     raise
-                print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+                # One write of the whole line: `print` writes the text and its newline apart, so the lines of the
+                # processes of one launch, which stop alike, interleave on their shared stderr
+                sys.stderr.write(f"{prog}: error: {' '.join(str(error).split())}\n")
+                sys.stderr.flush()
                 sys.exit(2)
 
         return wrapper  # type: ignore[return-value]

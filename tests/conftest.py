@@ -15,6 +15,10 @@ from .helpers import CITIES, NAMES, TEMPLATE_WORDS, make_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Under `make test` the suite inherits make's own variables, with which every `make` a test runs as a user would
+# ("make vllm-serve") reports itself as a sub-make ("make[1]: Entering directory ..."): a user's shell has none
+for variable in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
+    os.environ.pop(variable, None)
 
 
 @pytest.fixture(scope="session")

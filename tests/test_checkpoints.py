@@ -282,8 +282,5 @@ def test_processes_whose_disks_hold_different_checkpoints_resume_alike_or_stop(t
     )
 
 
-# ---- Generation-batch boundaries -----------------------------------------------------------------------------------
-
-
 if __name__ == "__main__":
     run_with_node_local_disks()

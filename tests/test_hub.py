@@ -69,6 +69,8 @@ def test_upload_plan_sends_the_model_and_leaves_out_checkpoints_weight_syncs_and
 def online(monkeypatch):
     """The Hub switched on, a token, and `whoami` answered by `identity` (a dict, or an exception to raise)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: CI exports HF_HUB_OFFLINE=1 before Python starts
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_token")
 

@@ -76,6 +76,8 @@ def test_push_while_offline_stops_in_one_line(run_dir):
 def hub(monkeypatch):
     """The Hub's API stood in for: logged in as `you`, recording the repositories created and the uploads."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: CI exports HF_HUB_OFFLINE=1 before Python starts
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_token")
     calls = SimpleNamespace(created=[], uploads=[])
 
