@@ -40,6 +40,18 @@ RUN_BY = {
     "python -m depo_trl.models.smollm2 --output-dir models/smollm2-135m-instruct": (
         "tests/docs/test_commands.py::test_the_smollm2_conversion"
     ),
+    **dict.fromkeys(
+        (
+            "python -m depo_trl.data.build --source musique --input tests/fixtures/musique_sample.jsonl --tokenizer "
+            "models/smollm2-135m-instruct --short-budget 512 --long-budget 2048 --output-dir "
+            "data/smollm2-135m-instruct/musique_depo",
+            "VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m depo_trl.scripts.vllm_server --config "
+            "recipes/smollm2-135m-instruct/depo.yaml --host 127.0.0.1 --port 8000 --enforce-eager",
+            ".venv-vllm/bin/depo-train --config recipes/smollm2-135m-instruct/depo.yaml --use_vllm true --vllm_mode "
+            "server --vllm_server_host 127.0.0.1 --vllm_server_port 8000",
+        ),
+        "tests/vllm_engine/test_server_mode.py::test_the_documented_server_and_trainer_run_as_written",
+    ),
     "python -m depo_trl.scripts.vllm_server --config recipes/qwen2.5-7b-instruct/depo-grpo.yaml --dry-run": (
         "tests/test_gpu_training_docs.py::test_every_command_of_the_page_is_checked"
     ),

@@ -137,3 +137,38 @@ def test_server_mode_trains_through_the_real_engine_and_serves_the_trained_weigh
     assert max(abs(a - b) for a, b in zip(before, original)) < 1e-3  # float32 on both sides
     assert max(abs(a - b) for a, b in zip(after, trained)) < 1e-3
     assert max(abs(a - b) for a, b in zip(trained, original)) > 1e-2
+
+
+@pytest.mark.slow
+def test_the_documented_server_and_trainer_run_as_written(tmp_path):
+    """docs/vllm-on-cpu.md's server and trainer, each command as written, in a copy of the repository (it writes
+    models/, data/ and runs/), the server in the background as a second shell would hold it."""
+    from ..docs.blocks import repository_copy, run_as_written, shell_blocks, user_environment
+
+    [block] = [block for block in shell_blocks() if block.document == "docs/vllm-on-cpu.md" and block.needs == {"cpu"}]
+    [*prepare, serve, train] = block.commands()
+    assert " -m depo_trl.scripts.vllm_server " in serve and train.startswith(".venv-vllm/bin/depo-train ")
+    assert not port_is_open(8000), "the documented port 8000 is taken on this machine"
+    copy = repository_copy(tmp_path / "repository")
+    for command in prepare:  # the model's conversion and the data's build
+        result = run_as_written(command, copy)
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            ["bash", "-c", serve], cwd=copy, stdout=log, stderr=subprocess.STDOUT, env=user_environment(),
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not port_is_open(8000) or requests.get("http://127.0.0.1:8000/health", timeout=5).status_code != 200:
+            assert server.poll() is None, f"the server exited: {log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no answer in 300 s: {log_path.read_text()[-3000:]}"
+            time.sleep(2)
+        result = run_as_written(train, copy, timeout=1200)
+        assert result.returncode == 0, result.stderr[-4000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    logs = step_logs(os.path.join(copy, "runs", "smollm2-135m-instruct", "depo"))
+    assert len(logs) == 2 and all("sampling/importance_sampling_ratio/mean" in log for log in logs)
