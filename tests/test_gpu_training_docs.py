@@ -1,7 +1,7 @@
-"""docs/gpu-training.md and accelerate_configs/slurm/train.slurm, checked without a GPU: every command of the page
-names a make target, make variables, recipes and accelerate configs that exist and training settings that parse; the
-commands a CPU can run are run as written; the Slurm script runs against stand-ins for Slurm's commands, and its
-batch tables add up to the paper's 512 rollouts."""
+"""docs/gpu-training.md and accelerate_configs/slurm/train.slurm, checked without a GPU, beyond the parsing every
+document's commands get (tests/docs/test_blocks.py): the page shows each launch, the server's dry run is run as
+written, the Slurm script runs against stand-ins for Slurm's commands, and its batch tables add up to the paper's 512
+rollouts."""
 
 import os
 import re
@@ -11,13 +11,12 @@ import sys
 
 import pytest
 
-from depo_trl.scripts.depo import parse_recipe
-from depo_trl.user_errors import UsageError
-
+from .docs.blocks import check_training_settings, shell_blocks, split_assignments
 from .helpers import ROOT
 
 
-DOC = os.path.join(ROOT, "docs", "gpu-training.md")
+PAGE = "docs/gpu-training.md"
+DOC = os.path.join(ROOT, PAGE)
 SLURM_SCRIPT = os.path.join(ROOT, "accelerate_configs", "slurm", "train.slurm")
 # Commands that set up a shell rather than run anything of the project
 SHELL_SETUP = ("source .venv/bin/activate",)
@@ -29,55 +28,7 @@ def doc_text() -> str:
 
 
 def doc_commands() -> list[str]:
-    """The commands of the page's bash blocks, continuation lines joined, comments dropped."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", doc_text(), flags=re.S):
-        for command in block.replace("\\\n", " ").splitlines():
-            command = command.split(" # ")[0].strip()
-            if command and not command.startswith("#"):
-                commands.append(" ".join(command.split()))
-    return commands
-
-
-def split_assignments(words: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Leading `NAME=value` words (environment or make variables) apart from the rest."""
-    assignments = {}
-    while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
-        name, value = words.pop(0).split("=", 1)
-        assignments[name] = value
-    return assignments, words
-
-
-def check_training_settings(recipe: str, settings: list[str], tmp_path):
-    """The recipe with `settings` as the trainer parses them (a CPU holds no bf16 model, hence the two additions)."""
-    assert os.path.isfile(os.path.join(ROOT, recipe)), recipe
-    try:
-        _, args, _, _ = parse_recipe(
-            ["--config", os.path.join(ROOT, recipe), *settings, "--use_cpu", "true", "--bf16", "false",
-             "--output_dir", str(tmp_path / "run")]
-        )  # fmt: skip
-    except UsageError as error:
-        pytest.fail(f"{recipe} {' '.join(settings)}: {error}")
-    return args
-
-
-def makefile_text() -> str:
-    with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as handle:
-        return handle.read()
-
-
-def check_make_command(words: list[str], tmp_path):
-    target, *arguments = words[1:]
-    makefile = makefile_text()
-    assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"no make target {target}"
-    variables, rest = split_assignments(arguments)
-    assert not rest, rest
-    for name in variables:
-        assert re.search(rf"^{name} \?=", makefile, flags=re.M), f"make {target}: no variable {name}"
-    if "ACCELERATE_CONFIG" in variables:
-        assert os.path.isfile(os.path.join(ROOT, variables["ACCELERATE_CONFIG"]))
-    if "RECIPE" in variables:
-        check_training_settings(variables["RECIPE"], shlex.split(variables.get("OPTIONS", "")), tmp_path)
+    return [command for block in shell_blocks() if block.document == PAGE for command in block.commands()]
 
 
 def run_slurm_script(tmp_path, nodes: int, arguments: list[str], environment: dict[str, str], has_vllm: bool = True):
@@ -132,32 +83,31 @@ def check_sbatch_command(assignments: dict[str, str], words: list[str], tmp_path
     assert launch[launch.index("--num_processes") + 1] == str(8 * training_nodes)
     settings = launch[launch.index("depo_trl/scripts/depo.py") + 1 :]
     assert settings[:2] == ["--config", recipe]
-    args = check_training_settings(recipe, settings[2:], tmp_path)
+    args = check_training_settings(settings, tmp_path, f"train.slurm {recipe} {config}")
     if server:
         assert args.vllm_mode == "server" and args.vllm_server_host == f"10.0.0.{nodes + 10}"
     return args
 
 
 def test_every_command_of_the_page_is_checked(tmp_path):
-    checked = set()
+    """Each launch is on the page; what tests/docs/test_blocks.py only parses is run here where a CPU can: the Slurm
+    script against stand-ins, the server's dry run as written."""
+    shown = set()
     for command in doc_commands():
         assignments, words = split_assignments(shlex.split(command))
         if command in SHELL_SETUP:
             continue
-        if words[0] == "make":
-            check_make_command(words, tmp_path)
-        elif words[0] == "sbatch":
+        if words[0] == "sbatch":
             check_sbatch_command(assignments, words, tmp_path)
         elif words[:3] == ["python", "-m", "depo_trl.scripts.vllm_server"] and "--dry-run" in words:
-            # Runs on a CPU: run as written
             result = subprocess.run(
                 [sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120
             )
             assert result.returncode == 0, result.stderr
             assert result.stdout.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve ")
-        else:
-            pytest.fail(f"docs/gpu-training.md: no check for `{command}`; add one here")
-        checked.add(words[0] if words[0] != "make" else f"make {words[1]}")
+        elif words[0] != "make":
+            pytest.fail(f"{PAGE}: no check for `{command}`; add one here")
+        shown.add(words[0] if words[0] != "make" else f"make {words[1]}")
     assert {
         "make install-gpu",
         "make train",
@@ -165,7 +115,7 @@ def test_every_command_of_the_page_is_checked(tmp_path):
         "make train-with-server",
         "sbatch",
         "python",
-    } <= checked
+    } <= shown
 
 
 def batch_tables() -> list[tuple[str, list[list[str]]]]:
@@ -192,7 +142,8 @@ def test_the_batch_tables_keep_the_papers_batch_on_1_2_and_4_nodes(recipe, tmp_p
     assert [row[0] for row in rows] == ["1", "2", "4"]
     for nodes, processes, settings, per_step, last in rows:
         assert int(processes) == 8 * int(nodes)
-        args = check_training_settings(recipe, shlex.split(" ".join(re.findall(r"`([^`]*)`", settings))), tmp_path)
+        settings = shlex.split(" ".join(re.findall(r"`([^`]*)`", settings)))
+        args = check_training_settings(["--config", recipe, *settings], tmp_path, f"{recipe}, {nodes} nodes")
         rollouts = args.per_device_train_batch_size * args.gradient_accumulation_steps * int(processes)
         assert product(per_step) == (
             [args.per_device_train_batch_size, args.gradient_accumulation_steps, int(processes)],

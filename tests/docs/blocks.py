@@ -1,5 +1,5 @@
-"""The code blocks of the project's documents, what each says it needs, and which test runs the commands of those that
-run on a CPU (`RUN_BY`).
+"""The code blocks of the project's documents, what each says it needs, which test runs the commands of those that
+run on a CPU (`RUN_BY`), and how a command's variables and training settings are read.
 
 A block's needs are an HTML comment on the nearest non-blank line above its opening fence, e.g. `<!-- gpu-only -->`
 or `<!-- network interactive -->` (docs/development.md, "Documents that are tests")."""
@@ -12,6 +12,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cache
+
+import pytest
+
+from depo_trl.scripts.recipe import make_parser, parse_recipe
+from depo_trl.user_errors import UsageError
 
 from ..helpers import ROOT
 
@@ -214,3 +219,36 @@ def run_as_written(command: str, cwd: str, timeout: float = 900) -> subprocess.C
         ["bash", "-e", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env=user_environment(),
     )  # fmt: skip
+
+
+def split_assignments(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A command's leading `NAME=value` words (environment or make variables) apart from the rest."""
+    assignments = {}
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        assignments[name] = value
+    return assignments, words
+
+
+def check_training_settings(arguments: list[str], tmp_path, what: str):
+    """`depo-train ARGUMENTS`: every setting is one the parser knows, the recipe exists, and both parse together (a
+    CPU holds no bf16 model, and vLLM is not needed to parse, hence the additions). The parsed training arguments,
+    None for `--help`."""
+    known = {option for action in make_parser()._actions for option in action.option_strings}
+    known |= {"--config", "--help-all"}
+    for word in arguments:
+        if word.startswith("--"):
+            assert word.split("=")[0] in known, f"{what}: depo-train has no setting {word}"
+    if "--help" in arguments or "--help-all" in arguments:
+        return None
+    assert "--config" in arguments, f"{what}: no recipe"
+    recipe = arguments[arguments.index("--config") + 1]
+    assert os.path.isfile(os.path.join(ROOT, recipe)), f"{what}: no recipe {recipe}"
+    arguments = [os.path.join(ROOT, recipe) if word == recipe else word for word in arguments]
+    try:
+        _, args, _, _ = parse_recipe(
+            [*arguments, "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "run")]
+        )  # fmt: skip
+    except UsageError as error:
+        pytest.fail(f"{what}: {error}")
+    return args

@@ -21,7 +21,6 @@ from functools import cache
 
 import pytest
 
-from depo_trl.scripts.recipe import make_parser, parse_recipe
 from depo_trl.user_errors import UsageError
 
 from ..helpers import ROOT
@@ -30,10 +29,12 @@ from .blocks import (
     PYTHON_RUN_BY,
     RUN_BY,
     Block,
+    check_training_settings,
     cpu_commands,
     documents,
     python_blocks,
     shell_blocks,
+    split_assignments,
 )
 
 
@@ -172,36 +173,6 @@ def check_environment_names(assignments: dict[str, str], what: str) -> None:
     for name in assignments:
         known = name in makefile_variables() or re.search(rf"\b{name}\b", names_read_somewhere())
         assert known, f"{what}: nothing reads {name}"
-
-
-def split_assignments(words: list[str]) -> tuple[dict[str, str], list[str]]:
-    assignments = {}
-    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
-        name, value = words.pop(0).split("=", 1)
-        assignments[name] = value
-    return assignments, words
-
-
-def check_training_settings(arguments: list[str], tmp_path, what: str) -> None:
-    """`depo-train ARGUMENTS`: every setting is one the parser knows, the recipe exists, and both parse together (a
-    CPU holds no bf16 model, and vLLM is not needed to parse, hence the additions)."""
-    known = {option for action in make_parser()._actions for option in action.option_strings}
-    known |= {"--config", "--help-all"}
-    for word in arguments:
-        if word.startswith("--"):
-            assert word.split("=")[0] in known, f"{what}: depo-train has no setting {word}"
-    if "--help" in arguments or "--help-all" in arguments:
-        return
-    assert "--config" in arguments, f"{what}: no recipe"
-    recipe = arguments[arguments.index("--config") + 1]
-    assert os.path.isfile(os.path.join(ROOT, recipe)), f"{what}: no recipe {recipe}"
-    arguments = [os.path.join(ROOT, recipe) if word == recipe else word for word in arguments]
-    try:
-        parse_recipe(
-            [*arguments, "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "run")]
-        )  # fmt: skip
-    except UsageError as error:
-        pytest.fail(f"{what}: {error}")
 
 
 def module_main(module: str):
