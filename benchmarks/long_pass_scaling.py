@@ -207,15 +207,16 @@ def parameters(shape: ModelShape) -> int:
 def predicted_mib(shape: ModelShape, point: Point, completion_tokens: int, dtype_bytes: int, flash: bool) -> float:
     """The memory model's peak for one shared point (one held forward of the whole packed row, under gradient
     checkpointing), plus the parameters' gradients the backward allocates."""
-    from depo_trl.distillation import LongPassMemory
+    from depo_trl.distillation import LongPassMemory, PassPlan
     from depo_trl.distillation.long_pass import packed_row_tokens
 
+    # The head's gradient is counted with every parameter's, so not as the model's fixed part
     memory = LongPassMemory.of_model(
         shape_config(shape), dtype_bytes, layer_checkpointing=True, rollouts_per_prompt=point.rollouts,
-        keys_repeated_per_head=not flash,
+        keys_repeated_per_head=not flash, trainable_head=False,
     )  # fmt: skip
     row = packed_row_tokens(point.prompt_tokens, [completion_tokens] * point.rollouts)
-    return (row * memory.held + memory.working_bytes(row) + parameters(shape) * dtype_bytes) / 2**20
+    return (memory.peak_bytes(PassPlan.HELD, row, row) + parameters(shape) * dtype_bytes) / 2**20
 
 
 def lora_per_layer(shape: ModelShape, rank: int) -> tuple[int, float]:
@@ -298,8 +299,7 @@ def predict_7b() -> list[dict]:
                     backward = 2 if lora else 4
                     flops = (2 * runs + backward) * QWEN_7B_PARAMETERS * held + (runs + 2) * attention_flops * prompts
                     per_token = plain if plan == PassPlan.WITHOUT_LAYER_CHECKPOINTS else memory
-                    kept = size if plan == PassPlan.RECOMPUTED else held
-                    long_pass_bytes = kept * per_token.held + per_token.working_bytes(size) + per_token.fixed
+                    long_pass_bytes = per_token.peak_bytes(plan, held, size)
                     predictions.append(
                         {
                             "adapters": adapters,
@@ -323,7 +323,7 @@ def predict_long_contexts() -> list[dict]:
     on a server): Qwen2.5-7B at 64K and 128K-token prompts (YaRN), Qwen2.5-32B at 60K, each process with one prompt and
     its 8 x 1K completions (and, for the 128K recipe, its window of 8 prompts), at every sequence-parallel size the
     model's heads allow. A group of `sp` processes runs its prompts' forwards, each split over it
-    (`sequence_parallel.py`), planned as `LongPass` plans them; a recomputed forward keeps its backbone's input.
+    (`sequence_parallel.py`), planned as `LongPass` plans them; a recomputed forward keeps its backbone's output.
     Time: FLOPs per rank at an assumed 40% of an H100's 989 bf16 TFLOP/s (as `predict_7b`, the attention's heads split
     over the group). Exchange: per rank and step, the bytes Ulysses' all-to-alls send (queries, keys, values and the
     output of every layer, in each run of the backbone and once more for their gradients; `(sp - 1) / sp` of them leave
@@ -363,11 +363,7 @@ def predict_long_contexts() -> list[dict]:
             held = forwards * local
             how = plan_pass(plain, checkpointed, held, local, forwards, available)
             used = plain if how == PassPlan.WITHOUT_LAYER_CHECKPOINTS else checkpointed
-            if how == PassPlan.RECOMPUTED:  # the last forward held, the others' backbone inputs
-                kept_bytes = local * used.held + (held - local) * shape.hidden * 2
-            else:
-                kept_bytes = held * used.held
-            long_pass_gib = (kept_bytes + used.working_bytes(local) + used.fixed) / 2**30
+            long_pass_gib = used.peak_bytes(how, held, local) / 2**30
             runs = {PassPlan.WITHOUT_LAYER_CHECKPOINTS: 1, PassPlan.HELD: 2, PassPlan.RECOMPUTED: 3}[how]
             flops = (2 * runs + 4) * parameters * held + (runs + 2) * attention_flops * forwards / size
             key_width = max(shape.kv_heads, size) * head_dim

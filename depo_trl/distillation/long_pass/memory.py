@@ -1,12 +1,12 @@
 """The long pass's memory model: what it holds per token, how much the device has, and how the forwards run.
 
-A window's rollouts are computed in forwards (`plan.py`). A forward either keeps what its
-backward needs until the step's single backward ("held"), or is recomputed during that backward ("recomputed": only
-its inputs are kept). From the cheapest ([`plan_pass`]): held with the model's per-layer gradient checkpointing off for
-the pass (each layer runs once), held under it (twice: the layer is recomputed in the backward), recomputed (three
-times), all but the last forward (which the backward reaches first, so holding it does not raise the peak). The byte
-counts are estimates from the model's shapes; `benchmarks/long_pass_scaling.py` and `benchmarks/gpu_check.py` print
-them beside measured peaks.
+A window's rollouts are computed in forwards (`plan.py`). A forward either keeps what its backward needs until the
+step's single backward ("held"), or is recomputed during that backward ("recomputed": only its inputs and its
+backbone's output are kept). From the cheapest ([`plan_pass`]): held with the model's per-layer gradient checkpointing
+off for the pass (each layer runs once), held under it (twice: the layer is recomputed in the backward), recomputed
+(three times), all but the last forward (which the backward reaches first, so holding it does not raise the peak).
+The byte counts are estimates from the model's shapes; `benchmarks/long_pass_memory.py`,
+`benchmarks/long_pass_scaling.py` and `gpu_check/gpu_check.py` print them beside measured peaks.
 """
 
 import enum
@@ -34,17 +34,31 @@ class LongPassMemory:
     `fixed`: bytes a forward's backward takes whatever its length: the fused head accumulates its weight's gradient in
     float32 and casts it to the weight's dtype (both live at once), beside the weight it gathers under ZeRO-3 or FSDP:
     4.4 GB at 7B in bf16 under ZeRO-3; only the gathered weight when the head is frozen (LoRA).
+    `recomputed`: what a recomputed forward keeps until its backward instead of `held`: the backbone's output, which
+    the LM head saves (counted for every token of the row, though the head keeps only the scored ones).
     """
 
     held: float
     working: float
     fixed: float = 0.0
     head_tile: float = 0.0
+    recomputed: float = 0.0
 
     def working_bytes(self, tokens: int) -> float:
         """What one running forward of `tokens` tokens needs beside the held parts: its working set and the head's
         logits tile."""
         return tokens * self.working + min(tokens, TOKEN_CHUNK_SIZE) * self.head_tile
+
+    def peak_bytes(self, how: "PassPlan", held_tokens: int, tokens_per_forward: int) -> float:
+        """The peak of a pass whose forwards (at most `tokens_per_forward` tokens each) hold `held_tokens` in all, a
+        prompt counted once per forward it is in: what the forwards keep (recomputed: the last forward's held part,
+        the others' `recomputed` part), one forward's working set and the fixed part."""
+        if how == PassPlan.RECOMPUTED:
+            others = max(held_tokens - tokens_per_forward, 0)
+            kept = tokens_per_forward * self.held + others * self.recomputed
+        else:
+            kept = held_tokens * self.held
+        return kept + self.working_bytes(tokens_per_forward) + self.fixed
 
     def most_tokens(self, per_token: float, budget: float) -> int:
         """The most tokens whose `per_token` bytes and the head's tile fit in `budget` bytes (0 if none)."""
@@ -118,7 +132,9 @@ class LongPassMemory:
             held, working = layers * hidden * dtype_bytes + head_input, 2 * layer + mask
         else:
             held, working = layers * layer + head_input, layer + mask
-        return cls(held=held, working=working, fixed=head_gradient, head_tile=head_tile)
+        return cls(
+            held=held, working=working, fixed=head_gradient, head_tile=head_tile, recomputed=hidden * dtype_bytes
+        )
 
 
 def lora_saved_bytes(in_features: int, rank: int, dropout: bool, dtype_bytes: int) -> int:
@@ -157,11 +173,15 @@ def forward_size(
 
     The whole window when it fits alone; else the largest forwards that fit beside every forward's held part, as long
     as they hold a prompt with all its rollouts (`largest_group`: a prompt split over forwards is held once per piece);
-    else the largest forward that fits by itself, to be recomputed ([`holds`] says so). `smallest_forward` (one prompt
-    with one completion) is the floor: a window that does not fit even that way still runs, and may run out of memory.
+    else the largest forward that fits beside what the others keep when they are recomputed ([`holds`] says so).
+    `smallest_forward` (one prompt with one completion) is the floor: a window that does not fit even that way still
+    runs, and may run out of memory.
     """
     usable = available_bytes - memory.fixed
-    alone = memory.most_tokens(memory.held + memory.working, usable)
+    # A forward of n tokens beside the rest of the window recomputed: n x (held + working) + (window - n) x recomputed
+    alone = memory.most_tokens(
+        memory.held + memory.working - memory.recomputed, usable - window_tokens * memory.recomputed
+    )
     if alone >= window_tokens:
         return window_tokens
     beside_held = memory.most_tokens(memory.working, usable - window_tokens * memory.held)
@@ -173,7 +193,7 @@ def forward_size(
 def holds(memory: LongPassMemory, held_tokens: int, tokens_per_forward: int, available_bytes: float) -> bool:
     """Whether forwards of `tokens_per_forward` tokens, `held_tokens` in all (a prompt counted once per forward it is
     in), can all be kept for the backward: their held parts, one forward's working set and the fixed part fit."""
-    return held_tokens * memory.held + memory.working_bytes(tokens_per_forward) + memory.fixed <= available_bytes
+    return memory.peak_bytes(PassPlan.HELD, held_tokens, tokens_per_forward) <= available_bytes
 
 
 class PassPlan(str, enum.Enum):

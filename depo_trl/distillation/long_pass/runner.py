@@ -80,12 +80,12 @@ class WindowPlan:
         return plain if self.how == PassPlan.WITHOUT_LAYER_CHECKPOINTS else checkpointed or plain
 
     def predicted_peak_bytes(self) -> float | None:
-        """This process's peak during the pass as the memory model predicts it, for held forwards: every forward's
-        held part, one forward's working set and the fixed part (None without a memory model)."""
+        """This process's peak during the pass as the memory model predicts it ([`LongPassMemory.peak_bytes`]; None
+        without a memory model)."""
         used = self.memory_model
         if used is None:
             return None
-        return self.own_held_tokens * used.held + used.working_bytes(self.tokens_per_rank) + used.fixed
+        return used.peak_bytes(self.how, self.own_held_tokens, self.tokens_per_rank)
 
 
 def fit_width(logps: torch.Tensor, width: int) -> torch.Tensor:

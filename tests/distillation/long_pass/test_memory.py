@@ -29,6 +29,21 @@ def test_forwards_that_would_split_a_prompt_are_sized_to_be_recomputed():
     assert forward_size(MEMORY, 100, largest_group=70, smallest_forward=20, available_bytes=0) == 20
 
 
+def test_recomputed_forwards_keep_their_backbones_output_beside_the_last_forward():
+    # The last forward (30 tokens) held, the other 70 tokens' outputs at 2 bytes, one working set, the fixed part
+    memory = LongPassMemory(held=10.0, working=30.0, fixed=100.0, recomputed=2.0)
+    assert (
+        memory.peak_bytes(PassPlan.RECOMPUTED, held_tokens=100, tokens_per_forward=30)
+        == 30 * 10 + 70 * 2 + 30 * 30 + 100
+    )
+    assert memory.peak_bytes(PassPlan.HELD, held_tokens=100, tokens_per_forward=30) == 100 * 10 + 30 * 30 + 100
+    # A forward sized to be recomputed fits beside the others' outputs: (3000 - 100 x 2) / (40 - 2) = 73 tokens, not
+    # the 75 that fit with nothing beside them
+    size = forward_size(memory, 100, largest_group=70, smallest_forward=20, available_bytes=3100)
+    assert size == 73
+    assert memory.peak_bytes(PassPlan.RECOMPUTED, 100, size) <= 3100 < memory.peak_bytes(PassPlan.RECOMPUTED, 100, 74)
+
+
 PLAIN, CHECKPOINTED = LongPassMemory(held=20.0, working=10.0), LongPassMemory(held=5.0, working=20.0)
 
 
@@ -73,6 +88,8 @@ def test_memory_model_of_qwen_7b_with_checkpointing():
     )
     # Held: each layer's input, the final norm's input and output and the head's input, exactly from the shapes
     assert memory.held == 28 * 3584 * 2 + 3 * 3584 * 2
+    # A recomputed forward keeps the backbone's output for the head: 1.1 GiB for the 7 other rows of a recipe window
+    assert memory.recomputed == 3584 * 2 and 1.0 < 7 * 23368 * memory.recomputed / 2**30 < 1.2
     # One packed row of the recipes (15360 + 8 x 1001 tokens) keeps 4.8 GiB of layer inputs for the backward
     assert 4.7 < 23368 * memory.held / 2**30 < 4.9
     without = LongPassMemory.of_model(
