@@ -166,20 +166,20 @@ def checkpoint_folders(output_dir: str) -> list[str]:
     )
 
 
-def last_complete_checkpoint(output_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
+def last_complete_checkpoint(output_dir: str, model_only: bool = False) -> tuple[str | None, list[tuple[str, str]]]:
     """The newest complete `checkpoint-<step>` folder in `output_dir` (None if there is none), and the newer ones it
-    skipped as incomplete: (folder name, what is wrong with it)."""
+    skipped as incomplete: (folder name, what is wrong with it). `model_only`: as in [`checkpoint_problems`]."""
     skipped = []
     for name in checkpoint_folders(output_dir):
-        problems = checkpoint_problems(os.path.join(output_dir, name))
+        problems = checkpoint_problems(os.path.join(output_dir, name), model_only)
         if not problems:
             return os.path.join(output_dir, name), skipped
         skipped.append((name, ", ".join(problems)))
     return None, skipped
 
 
-def _incomplete_given(given: str, problems: list[str], whom: str = "") -> UsageError:
-    complete, _ = last_complete_checkpoint(os.path.dirname(os.path.normpath(given)))
+def _incomplete_given(given: str, problems: list[str], model_only: bool, whom: str = "") -> UsageError:
+    complete, _ = last_complete_checkpoint(os.path.dirname(os.path.normpath(given)), model_only)
     return UsageError(
         f"resume_from_checkpoint {given}: an incomplete checkpoint{whom} ({', '.join(problems)}); pass a complete one"
         f"{f' such as {complete}' if complete else ''}, or leave it unset to resume from the last complete one in "
@@ -196,7 +196,7 @@ def check_resume_from_checkpoint(args: TrainingArguments) -> None:
     require_folder("resume_from_checkpoint", given, "pass a checkpoint-<step> folder that a run saved")
     problems = checkpoint_problems(given, args.save_only_model)
     if problems:
-        raise _incomplete_given(given, problems)
+        raise _incomplete_given(given, problems, args.save_only_model)
 
 
 # ---- One checkpoint for every process -------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def agree_on_checkpoint(views: list[View], args: TrainingArguments) -> tuple[str
     if given is not None:
         for index, (_, folders) in enumerate(views):
             if folders[given]:
-                raise _incomplete_given(given, folders[given], _whom(views, index))
+                raise _incomplete_given(given, folders[given], args.save_only_model, _whom(views, index))
         return given, []
     names = sorted({name for _, folders in views for name in folders}, key=checkpoint_step, reverse=True)
     skipped = []

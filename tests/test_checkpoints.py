@@ -146,6 +146,26 @@ def test_a_saved_model_is_not_a_checkpoint(tmp_path):
     ]
 
 
+def test_with_save_only_model_an_incomplete_checkpoint_names_the_complete_model_only_one(tmp_path):
+    for step in (2, 4):
+        write_checkpoint(tmp_path / f"checkpoint-{step}", step)
+        for name in ("optimizer.pt", "scheduler.pt"):  # what save_only_model leaves out
+            os.remove(tmp_path / f"checkpoint-{step}" / name)
+    os.remove(tmp_path / "checkpoint-4" / "trainer_state.json")
+    args = DePOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        save_only_model=True,
+        resume_from_checkpoint=str(tmp_path / "checkpoint-4"),
+    )
+    with pytest.raises(ValueError) as error:
+        check_resume_from_checkpoint(args)
+    assert str(error.value).startswith(
+        f"resume_from_checkpoint {tmp_path / 'checkpoint-4'}: an incomplete checkpoint (no trainer_state.json); "
+        f"pass a complete one such as {tmp_path / 'checkpoint-2'}, "
+    )
+
+
 # ---- One checkpoint for every process ------------------------------------------------------------------------------
 
 TRUNCATED = ["model.safetensors is truncated (100 of 200 bytes)"]
