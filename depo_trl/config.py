@@ -1,4 +1,3 @@
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -9,7 +8,7 @@ from trl import GRPOConfig
 from .arms import ARMS, arm_for
 from .distillation import DISTILLATIONS
 from .distillation.long_pass import sequence_parallel
-from .exact_resume import check_best_saves, generation_batch_span
+from .exact_resume import check_best_saves, generation_batch_span, save_steps_at_boundaries
 from .user_errors import UsageError
 
 
@@ -228,11 +227,9 @@ class DePOConfig(GRPOConfig):
                     f"inside one does not resume exactly (its rollouts would be generated again); set save_steps to a "
                     f"multiple of {span}."
                 )
-            # The default, which the user did not choose: round it up (to evaluations too, which load_best_model_at_end
-            # needs the saves to fall on)
-            best_at_end = self.load_best_model_at_end and self.eval_strategy == "steps" and self.eval_steps >= 1
-            unit = math.lcm(span, int(self.eval_steps)) if best_at_end else span
-            rounded = math.ceil(self.save_steps / unit) * unit
+            # The default, which the user did not choose: round it up
+            whole_eval_steps = int(self.eval_steps) if self.eval_steps is not None and self.eval_steps >= 1 else None
+            rounded = save_steps_at_boundaries(self, int(self.save_steps), whole_eval_steps)
             logger.warning(
                 f"save_steps is not set, and its default {self.save_steps} falls inside a generation batch of {span} "
                 f"optimizer steps, where a checkpoint would not resume exactly: checkpoints are saved every {rounded} "

@@ -48,6 +48,15 @@ def generation_batch_offset(step: int, args: GRPOConfig, steps_in_epoch: int | N
     return micro_batches % (args.steps_per_generation * args.num_iterations)
 
 
+def save_steps_at_boundaries(args: GRPOConfig, save_steps: int, eval_steps: int | None) -> int:
+    """`save_steps` optimizer steps rounded up to the generation batch ([`generation_batch_span`]), and to the
+    evaluations every `eval_steps` when `load_best_model_at_end` needs the saves to fall on them."""
+    span = generation_batch_span(args)
+    best_at_end = args.load_best_model_at_end and args.eval_strategy == IntervalStrategy.STEPS and eval_steps
+    unit = math.lcm(span, eval_steps) if best_at_end else span
+    return math.ceil(save_steps / unit) * unit
+
+
 def check_best_saves(args: GRPOConfig, eval_steps: int) -> None:
     """With `save_strategy="best"`, a checkpoint is saved when an evaluation improves on the best metric: fail with a
     [`UsageError`] unless evaluations every `eval_steps` optimizer steps fall at generation-batch boundaries. Deferring
@@ -107,7 +116,7 @@ class ExactResumeCallback(TrainerCallback):
         self.deferred = False
         span = generation_batch_span(args)
         if args.save_strategy == SaveStrategy.STEPS and state.save_steps % span:
-            rounded = math.ceil(state.save_steps / span) * span
+            rounded = save_steps_at_boundaries(args, state.save_steps, state.eval_steps or None)
             if state.is_world_process_zero:
                 logger.warning(
                     f"save_steps={args.save_steps} saves every {state.save_steps} of {state.max_steps} optimizer "

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from depo_trl import DePOConfig
-from depo_trl.exact_resume import generation_batch_offset, generation_batch_span
+from depo_trl.exact_resume import generation_batch_offset, generation_batch_span, save_steps_at_boundaries
 from depo_trl.scripts.depo import main
 from depo_trl.scripts.recipe import parse_recipe
 
@@ -110,6 +110,19 @@ def test_a_save_steps_inside_a_generation_batch_is_refused_and_the_default_round
     assert best.save_steps == 520
     assert DePOConfig(output_dir="unused", use_cpu=True, steps_per_generation=16, gradient_accumulation_steps=2,
                       save_steps=24).save_steps == 24  # fmt: skip
+
+
+def test_save_steps_resolved_at_the_start_are_rounded_like_the_default():
+    # What ratios resolve to when training starts (100 steps: saves every 20, evaluations every 10): up to the
+    # generation batch (8 optimizer steps), and with load_best_model_at_end to the evaluations too (lcm 40)
+    args = DePOConfig(output_dir="unused", use_cpu=True, steps_per_generation=16, gradient_accumulation_steps=2)
+    assert save_steps_at_boundaries(args, 20, eval_steps=10) == 24
+    best = DePOConfig(
+        output_dir="unused", use_cpu=True, steps_per_generation=16, gradient_accumulation_steps=2,
+        eval_strategy="steps", eval_steps=0.1, load_best_model_at_end=True, save_steps=0.2,
+    )  # fmt: skip
+    assert save_steps_at_boundaries(best, 20, eval_steps=10) == 40
+    assert save_steps_at_boundaries(best, 20, eval_steps=None) == 24
 
 
 def test_a_recipe_without_save_steps_trains_with_several_iterations_per_batch(tmp_path):
