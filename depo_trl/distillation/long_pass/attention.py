@@ -117,8 +117,10 @@ def _attend_shared_prefix(
         for output in _attend_group(original, module, query, key, value, group, mask, kwargs)
     ]
     output = torch.cat(outputs, dim=1)
-    # A row padded to a multiple of the sequence-parallel size: its padding attends to nothing and is scored nowhere
-    return torch.nn.functional.pad(output, (0, 0, 0, 0, 0, query.size(2) - output.size(1))), None
+    padding = query.size(2) - output.size(1)
+    if padding:  # a row padded to a multiple of the sequence-parallel size: its padding attends to nothing
+        output = torch.nn.functional.pad(output, (0, 0, 0, 0, 0, padding))
+    return output, None
 
 
 def shared_prefix_attention(original: Callable, flash: bool) -> Callable:

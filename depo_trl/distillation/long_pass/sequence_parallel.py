@@ -68,9 +68,10 @@ def model_problem(config: PretrainedConfig, size: int, processes: int) -> str | 
     allowed = allowed_sizes(config, processes)
     if size not in allowed:
         text = config.get_text_config()
+        key_value_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         return (
             f"parallelism_config_sp_size {size}: Ulysses splits the {text.num_attention_heads} query heads "
-            f"({text.num_key_value_heads} key/value heads) of this model over the group, within {processes} "
+            f"({key_value_heads} key/value heads) of this model over the group, within {processes} "
             f"processes; use one of {allowed}"
         )
     return None
