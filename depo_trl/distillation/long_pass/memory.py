@@ -34,8 +34,9 @@ class LongPassMemory:
     `fixed`: bytes a forward's backward takes whatever its length: the fused head accumulates its weight's gradient in
     float32 and casts it to the weight's dtype (both live at once), beside the weight it gathers under ZeRO-3 or FSDP:
     4.4 GB at 7B in bf16 under ZeRO-3; only the gathered weight when the head is frozen (LoRA).
-    `recomputed`: what a recomputed forward keeps until its backward instead of `held`: the backbone's output, which
-    the LM head saves (counted for every token of the row, though the head keeps only the scored ones).
+    `recomputed`: what a recomputed forward keeps until its backward instead of `held`: the backbone's output that
+    TRL's fused LM head saves. An upper bound: counted for every token of the row, which the head keeps on a CPU (a
+    view of the whole output); on CUDA it copies out only the scored positions (a third of the recipes' rows).
     """
 
     held: float
