@@ -272,6 +272,7 @@ def predict_7b() -> list[dict]:
                 adapter_bytes=adapter_bytes if lora else 0.0,
                 trainable_head=not lora,
                 gathered_head=True,  # ZeRO-3
+                kept_output_share=rollouts * completion / row,  # the head's copy of the scored positions (CUDA)
             )  # fmt: skip
             for checkpointing in (False, True)
         )
@@ -355,6 +356,7 @@ def predict_long_contexts() -> list[dict]:
                     keys_repeated_per_head=False,
                     sequence_parallel=size,
                     gathered_head=True,
+                    kept_output_share=8 * 1000 / row,  # the head's copy of the scored positions (CUDA)
                 )  # fmt: skip
                 for checkpointing in (False, True)
             )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psutil
 import torch
 from transformers import PretrainedConfig
-from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE, _use_triton
 from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
 
@@ -35,8 +35,7 @@ class LongPassMemory:
     float32 and casts it to the weight's dtype (both live at once), beside the weight it gathers under ZeRO-3 or FSDP:
     4.4 GB at 7B in bf16 under ZeRO-3; only the gathered weight when the head is frozen (LoRA).
     `recomputed`: what a recomputed forward keeps until its backward instead of `held`: the backbone's output that
-    TRL's fused LM head saves. An upper bound: counted for every token of the row, which the head keeps on a CPU (a
-    view of the whole output); on CUDA it copies out only the scored positions (a third of the recipes' rows).
+    TRL's fused LM head saves, averaged over the row's tokens (`of_model`'s `kept_output_share`).
     """
 
     held: float
@@ -84,6 +83,7 @@ class LongPassMemory:
         trainable_head: bool = True,
         sequence_parallel: int = 1,
         gathered_head: bool = False,
+        kept_output_share: float = 1.0,
     ) -> "LongPassMemory":
         """The estimate for a Llama-style decoder (`config`'s text model) computing in `dtype_bytes` per element (the
         residual stream's: float32 weights under bf16 autocast keep it in float32).
@@ -96,6 +96,8 @@ class LongPassMemory:
         `gathered_head`: the LM head's weight is gathered for each forward and backward (ZeRO-3, FSDP).
         `sequence_parallel`: the row is split over a group of this many ranks; the counts are then per token a rank
         holds (its shard), and a layer's working set adds Ulysses' exchange buffers (`sequence_parallel.py`).
+        `kept_output_share`: the share of a row's tokens whose backbone output the LM head keeps for its backward
+        ([`head_kept_output_share`]).
         """
         text = config.get_text_config()
         hidden, heads, layers = text.hidden_size, text.num_attention_heads, text.num_hidden_layers
@@ -134,8 +136,21 @@ class LongPassMemory:
         else:
             held, working = layers * layer + head_input, layer + mask
         return cls(
-            held=held, working=working, fixed=head_gradient, head_tile=head_tile, recomputed=hidden * dtype_bytes
+            held=held,
+            working=working,
+            fixed=head_gradient,
+            head_tile=head_tile,
+            recomputed=hidden * dtype_bytes * kept_output_share,
         )
+
+
+def head_kept_output_share(device: torch.device, scored_tokens: int, row_tokens: int) -> float:
+    """The share of a forward's `row_tokens` whose backbone output TRL's fused LM head keeps for its backward
+    (`trl/trainer/utils.py`, the fused log-probs): where it runs its Triton kernel (CUDA, XPU) it copies out the
+    `scored_tokens` positions; elsewhere it keeps a view of the whole output."""
+    if not _use_triton(device) or row_tokens <= 0:
+        return 1.0
+    return min(scored_tokens / row_tokens, 1.0)
 
 
 def lora_saved_bytes(in_features: int, rank: int, dropout: bool, dtype_bytes: int) -> int:

@@ -8,6 +8,7 @@ ranks of a group run the union of their windows, each forward split over them (`
 """
 
 import functools
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from trl.trainer.utils import pad
 
 from ..rollouts import Rollouts
 from .checkpointing import backbone, checkpointed_forward, uses_layer_checkpointing, without_layer_checkpointing
-from .memory import LongPassMemory, PassPlan, adapter_activation_bytes, available_memory, forward_size, plan_pass
+from .memory import (
+    LongPassMemory,
+    PassPlan,
+    adapter_activation_bytes,
+    available_memory,
+    forward_size,
+    head_kept_output_share,
+    plan_pass,
+)
 from .packed_row import pack_row, packed_row_log_probs, self_attention_layers
 from .plan import forward_tokens, one_prompt_forward_tokens, packed_row_tokens, plan_forwards
 from .sequence_parallel import SequenceParallelGroup, UlyssesAttention
@@ -243,7 +252,13 @@ class LongPass:
         )
         memory = available_memory(self.accelerator.device)
         available = -1 if memory is None else int(memory * self.memory_fraction)
-        local = torch.tensor([[window_tokens, largest_group, smallest, -available]], device=self.accelerator.device)
+        # In millionths, so that every process agrees on the largest share as on the other sizes
+        kept_share = math.ceil(
+            1e6 * head_kept_output_share(self.accelerator.device, sum(completion_lengths), window_tokens)
+        )
+        local = torch.tensor(
+            [[window_tokens, largest_group, smallest, -available, kept_share]], device=self.accelerator.device
+        )
         agreed = self.accelerator.gather(local).max(dim=0).values.tolist()
         window_tokens, largest_group, smallest, available = agreed[0], agreed[1], agreed[2], -agreed[3]
         if available < 0:
@@ -263,6 +278,7 @@ class LongPass:
             trainable_head=unwrapped.get_output_embeddings().weight.requires_grad,
             sequence_parallel=self.sequence_parallel.size if self.sequence_parallel else 1,
             gathered_head=self._shards_parameters(),
+            kept_output_share=agreed[4] / 1e6,
         )
         plain = shapes(layer_checkpointing=False)
         checkpointed = shapes(layer_checkpointing=True) if layer_checkpointing else None

@@ -3,9 +3,11 @@ whether the window's forwards are held for the backward, and the bytes per token
 predicts against what the pass really takes: `test_memory_prediction.py`."""
 
 import pytest
+import torch
 from transformers import Qwen2Config
 
 from depo_trl.distillation import LongPassMemory, PassPlan, forward_size, holds, plan_pass
+from depo_trl.distillation.long_pass.memory import head_kept_output_share
 
 
 MEMORY = LongPassMemory(held=10.0, working=30.0)
@@ -88,8 +90,14 @@ def test_memory_model_of_qwen_7b_with_checkpointing():
     )
     # Held: each layer's input, the final norm's input and output and the head's input, exactly from the shapes
     assert memory.held == 28 * 3584 * 2 + 3 * 3584 * 2
-    # A recomputed forward keeps the backbone's output for the head: 1.1 GiB for the 7 other rows of a recipe window
-    assert memory.recomputed == 3584 * 2 and 1.0 < 7 * 23368 * memory.recomputed / 2**30 < 1.2
+    # A recomputed forward keeps the backbone's output for the head: on a CPU all of it, on a GPU the completions'
+    # (8 x 1000 of 23,368 tokens): 0.37 GiB for the 7 other rows of a recipe window
+    assert memory.recomputed == 3584 * 2
+    scored = LongPassMemory.of_model(
+        config, 2, layer_checkpointing=True, rollouts_per_prompt=8, keys_repeated_per_head=False,
+        kept_output_share=8000 / 23368,
+    )  # fmt: skip
+    assert scored.held == memory.held and 0.36 < 7 * 23368 * scored.recomputed / 2**30 < 0.38
     # One packed row of the recipes (15360 + 8 x 1001 tokens) keeps 4.8 GiB of layer inputs for the backward
     assert 4.7 < 23368 * memory.held / 2**30 < 4.9
     without = LongPassMemory.of_model(
@@ -136,3 +144,14 @@ def test_a_sequence_parallel_window_is_planned_for_what_one_rank_holds(monkeypat
     row = 1000 + 2 * 101 - 1
     assert plan.tokens_per_forward == row and tokens_per_rank == plan.tokens_per_rank == -(-row // 4)
     assert held == plan.held_tokens == -(-row // 4) and count == 1
+
+
+def test_the_head_keeps_the_scored_outputs_where_it_runs_its_triton_kernel(monkeypatch):
+    import trl.kernels.chunked_logprob as kernels
+
+    assert head_kept_output_share(torch.device("cpu"), scored_tokens=8000, row_tokens=23368) == 1.0
+    monkeypatch.setattr(kernels, "_TRITON_AVAILABLE", True)
+    assert head_kept_output_share(torch.device("cuda"), scored_tokens=8000, row_tokens=23368) == 8000 / 23368
+    assert head_kept_output_share(torch.device("cpu"), scored_tokens=8000, row_tokens=23368) == 1.0
+    monkeypatch.setattr(kernels, "_TRITON_AVAILABLE", False)
+    assert head_kept_output_share(torch.device("cuda"), scored_tokens=8000, row_tokens=23368) == 1.0
