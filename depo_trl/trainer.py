@@ -181,6 +181,10 @@ class DePOTrainer(GRPOTrainer):
         self.sequence_parallel_size = config.sp_size if enabled else sequence_parallel.launched_size()
         if enabled:
             self.accelerator.state.parallelism_config = None
+        # DePOConfig checked the launch's size; a `parallelism_config` given in Python is seen here first
+        problem = sequence_parallel.configuration_problem(self.args, self.sequence_parallel_size)
+        if problem:
+            raise UsageError(problem + ".")
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card, plus the DePO settings of the run and the recipe it was launched with."""

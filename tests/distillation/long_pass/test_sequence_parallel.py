@@ -61,3 +61,48 @@ def test_a_model_whose_long_pass_cannot_pack_rows_is_refused_before_any_group_is
     eager = Qwen2Config(num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
     with pytest.raises(UsageError, match="runs SDPA or flash-attention, not 'eager'"):
         SequenceParallelGroup.for_model(eager, 2, processes, shares_prefix=True)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"rollout_context": "long", "distillation": "none"}, "has none"),
+        (
+            {"rollout_context": "short", "distillation": "kd", "share_long_prefix": False},
+            "set share_long_prefix: true",
+        ),
+    ],
+)
+def test_a_configuration_without_a_splittable_long_pass_is_refused_at_launch(monkeypatch, settings, message):
+    from depo_trl import DePOConfig
+    from depo_trl.user_errors import UsageError
+
+    # What `accelerate launch` with zero3-sp.yaml and --parallelism_config_sp_size 2 sets
+    monkeypatch.setenv("ACCELERATE_USE_PARALLELISM_CONFIG", "true")
+    monkeypatch.setenv("PARALLELISM_CONFIG_SP_SIZE", "2")
+    with pytest.raises(UsageError, match=f"parallelism_config_sp_size 2: .*{message}"):
+        DePOConfig(output_dir="unused", use_cpu=True, **settings)
+    assert DePOConfig(output_dir="unused", use_cpu=True).distillation == "kd"  # DePO itself splits
+
+
+def test_a_size_the_config_did_not_see_is_refused_by_the_trainer(monkeypatch, tiny_model_dir, tiny_dataset, tmp_path):
+    # A `parallelism_config` given in Python reaches the trainer's accelerator, not DePOConfig's check
+    from transformers import AutoModelForCausalLM
+
+    from depo_trl import DePOTrainer
+    from depo_trl.distillation.long_pass import sequence_parallel
+    from depo_trl.user_errors import UsageError
+
+    from ...helpers import alternating_reward, cpu_depo_config, load_tokenizer
+
+    args = cpu_depo_config(str(tmp_path), rollout_context="long", distillation="none", num_generations=4,
+                           per_device_train_batch_size=4)  # fmt: skip
+    monkeypatch.setattr(sequence_parallel, "launched_size", lambda: 2)
+    with pytest.raises(UsageError, match="parallelism_config_sp_size 2: .*has none"):
+        DePOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+            reward_funcs=alternating_reward,
+            args=args,
+            train_dataset=tiny_dataset,
+            processing_class=load_tokenizer(tiny_model_dir),
+        )
