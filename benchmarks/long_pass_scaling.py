@@ -356,7 +356,8 @@ def predict_long_contexts() -> list[dict]:
                     keys_repeated_per_head=False,
                     sequence_parallel=size,
                     gathered_head=True,
-                    kept_output_share=8 * 1000 / row,  # the head's copy of the scored positions (CUDA)
+                    # The head's copy of the scored positions (CUDA), all on the last rank of the group
+                    kept_output_share=min(8 * 1000 / -(-row // size), 1.0),
                 )  # fmt: skip
                 for checkpointing in (False, True)
             )

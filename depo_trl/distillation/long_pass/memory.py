@@ -145,10 +145,12 @@ class LongPassMemory:
 
 
 def head_kept_output_share(device: torch.device, scored_tokens: int, row_tokens: int) -> float:
-    """The share of a forward's `row_tokens` whose backbone output TRL's fused LM head keeps for its backward
+    """The share of `row_tokens` whose backbone output TRL's fused LM head keeps for its backward
     (`trl/trainer/utils.py`, the fused log-probs): where it runs its Triton kernel (CUDA, XPU) it copies out the
-    `scored_tokens` positions; elsewhere it keeps a view of the whole output."""
-    if not _use_triton(device) or row_tokens <= 0:
+    `scored_tokens` positions; elsewhere it keeps a view of the whole output. None of an empty window."""
+    if row_tokens <= 0:
+        return 0.0
+    if not _use_triton(device):
         return 1.0
     return min(scored_tokens / row_tokens, 1.0)
 

@@ -252,9 +252,11 @@ class LongPass:
         )
         memory = available_memory(self.accelerator.device)
         available = -1 if memory is None else int(memory * self.memory_fraction)
-        # In millionths, so that every process agrees on the largest share as on the other sizes
+        # Per rank: a split row's completions follow its prompt, so one rank's shard may hold all of them. In
+        # millionths, so that every process agrees on the largest share as on the other sizes
         kept_share = math.ceil(
-            1e6 * head_kept_output_share(self.accelerator.device, sum(completion_lengths), window_tokens)
+            1e6
+            * head_kept_output_share(self.accelerator.device, sum(completion_lengths), self._per_rank(window_tokens))
         )
         local = torch.tensor(
             [[window_tokens, largest_group, smallest, -available, kept_share]], device=self.accelerator.device

@@ -150,6 +150,8 @@ def test_the_head_keeps_the_scored_outputs_where_it_runs_its_triton_kernel(monke
     import trl.kernels.chunked_logprob as kernels
 
     assert head_kept_output_share(torch.device("cpu"), scored_tokens=8000, row_tokens=23368) == 1.0
+    # A process with nothing to distil keeps nothing, so the share agreed across processes is the others'
+    assert head_kept_output_share(torch.device("cpu"), scored_tokens=0, row_tokens=0) == 0.0
     monkeypatch.setattr(kernels, "_TRITON_AVAILABLE", True)
     assert head_kept_output_share(torch.device("cuda"), scored_tokens=8000, row_tokens=23368) == 8000 / 23368
     assert head_kept_output_share(torch.device("cpu"), scored_tokens=8000, row_tokens=23368) == 1.0

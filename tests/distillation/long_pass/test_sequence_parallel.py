@@ -86,7 +86,7 @@ def test_a_configuration_without_a_splittable_long_pass_is_refused_at_launch(mon
 
 
 def test_a_size_the_config_did_not_see_is_refused_by_the_trainer(monkeypatch, tiny_model_dir, tiny_dataset, tmp_path):
-    # A `parallelism_config` given in Python reaches the trainer's accelerator, not DePOConfig's check
+    # The size comes to the trainer after its config was checked, as a `parallelism_config` given in Python does
     from transformers import AutoModelForCausalLM
 
     from depo_trl import DePOTrainer
