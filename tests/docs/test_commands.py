@@ -65,6 +65,7 @@ def test_make_style(tmp_path):
     succeeded(run_as_written("make quality", copy))
 
 
+@pytest.mark.slow  # two runs of the entry point; tests/scripts/test_recipe.py checks the help text in the fast suite
 def test_depo_train_help():
     for command, heading in [("depo-train --help", "DePO (DePOConfig"), ("depo-train --help-all", "GRPO (TRL's")]:
         output = succeeded(run_as_written(documented(command, f"{HERE}::test_depo_train_help"), ROOT, timeout=300))
